@@ -1,0 +1,46 @@
+# railnet: every target installs what it needs (virtualenv + Debian packages) on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEB_PACKAGES := containernetworking-plugins iproute2 sqlite3
+
+.PHONY: setup sysdeps test lint typecheck unit demo bench k8s-bin clean
+
+$(VENV)/.installed: pyproject.toml
+	@echo "==> creating virtualenv $(VENV)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+sysdeps:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "==> installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+setup: sysdeps $(VENV)/.installed
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+typecheck: setup
+	$(VENV)/bin/mypy cni ipam
+	$(VENV)/bin/mypy netmanager scheduler railnet
+
+k8s-bin: setup
+	$(PY) -m railnet.k8sbin build
+
+test: setup lint typecheck k8s-bin
+	$(PY) -m pytest -q tests --ignore=tests/bench
+
+demo: setup
+	$(PY) -m railnet.demo
+
+bench: setup
+	@set -e; for b in tests/bench/bench_*.py; do echo "==> $$b"; $(PY) $$b; done
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
