@@ -1,0 +1,101 @@
+"""railnet-ipam: the CNI IPAM commands over the embedded store.
+
+Used in-process by railnet's attachment drivers, and exec'd (through the shim) by any other
+plugin, e.g. the reference macvlan with "ipam": {"type": "railnet-ipam", ...}.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from cni.errors import INVALID_CONFIG, NOT_AVAILABLE, CniError
+from cni.request import CniRequest
+from ipam.config import IPAddress, IpamConf, PoolSpec, parse_ipam
+from ipam.pools import PoolRegistry
+from ipam.store import Allocation, IpamStore
+
+VALID_ATTACHMENT_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")  # the 1.1.0 text used the second
+
+
+def valid_attachments(config: dict[str, Any]) -> set[tuple[str, str]]:
+    for key in VALID_ATTACHMENT_KEYS:
+        if key in config:
+            items = config[key]
+            if not isinstance(items, list):
+                raise CniError(INVALID_CONFIG, f"{key} must be a list", "of {containerID, ifname} objects")
+            return {(str(a.get("containerID", "")), str(a.get("ifname", ""))) for a in items if isinstance(a, dict)}
+    raise CniError(INVALID_CONFIG, "GC needs the list of valid attachments",
+                   "the runtime passes cni.dev/valid-attachments in the config")
+
+
+def requested_ips(req: CniRequest) -> list[IPAddress]:
+    """Fixed IPs from the 'ips' capability (runtimeConfig) or the older CNI_ARGS IP=a,b."""
+    raw: list[str] = []
+    runtime = req.config.get("runtimeConfig") or {}
+    if isinstance(runtime, dict) and isinstance(runtime.get("ips"), list):
+        raw += [str(x) for x in runtime["ips"]]
+    if req.args.get("IP"):
+        raw += req.args["IP"].split(",")
+    try:
+        return [ipaddress.ip_interface(x.strip()).ip for x in raw if x.strip()]
+    except ValueError as exc:
+        raise CniError(INVALID_CONFIG, "requested IP is not an address", str(exc)) from None
+
+
+class IpamService:
+    def __init__(self, store: IpamStore, pools: PoolRegistry) -> None:
+        self.store = store
+        self.pools = pools
+
+    def resolve(self, config: dict[str, Any]) -> tuple[str, PoolSpec, IpamConf]:
+        conf = parse_ipam(config.get("ipam"))
+        if conf.pool:
+            return conf.pool, self.pools.get(conf.pool), conf
+        # Inline ranges belong to the network, as with host-local's per-network data dir.
+        return f"net:{config.get('name', '')}", conf.inline_spec(), conf
+
+    def add(self, req: CniRequest, config: dict[str, Any] | None = None) -> dict[str, Any]:
+        pool, spec, conf = self.resolve(config or req.config)
+        allocs = self.store.allocate(pool, spec, req.container_id, req.ifname, requested_ips(req))
+        return self.result(allocs, spec, conf)
+
+    @staticmethod
+    def result(allocs: list[Allocation], spec: PoolSpec, conf: IpamConf) -> dict[str, Any]:
+        ips = []
+        for a in allocs:
+            entry: dict[str, Any] = {"address": f"{a.address}/{a.range.network.prefixlen}"}
+            gateway = a.range.gateway_ip
+            if gateway is not None:
+                entry["gateway"] = str(gateway)
+            ips.append(entry)
+        routes = [r.model_dump(exclude_none=True) for r in (conf.routes or spec.routes)]
+        out: dict[str, Any] = {"ips": ips, "routes": routes}
+        dns = conf.dns or spec.dns
+        if dns:
+            out["dns"] = dns
+        return out
+
+    def delete(self, req: CniRequest, config: dict[str, Any] | None = None) -> None:
+        try:
+            pool, _, _ = self.resolve(config or req.config)
+        except CniError:
+            pool = None  # config changed or broken: still release what this attachment holds
+        self.store.release(req.container_id, req.ifname, pool)
+
+    def check(self, req: CniRequest, config: dict[str, Any] | None = None) -> None:
+        pool, _, _ = self.resolve(config or req.config)
+        if not self.store.held(req.container_id, req.ifname, pool):
+            raise CniError(INVALID_CONFIG, f"no address of pool {pool!r} is held by "
+                           f"{req.container_id}/{req.ifname}", "the attachment was released; re-create it")
+
+    def gc(self, req: CniRequest) -> list[tuple[str, str, str]]:
+        pool, _, _ = self.resolve(req.config)
+        return self.store.gc(pool, valid_attachments(req.config))
+
+    def status(self, req: CniRequest) -> None:
+        pool, spec, _ = self.resolve(req.config)
+        for ok, rangeset in zip(self.store.has_free(pool, spec), spec.ranges, strict=True):
+            if not ok:
+                raise CniError(NOT_AVAILABLE, f"IP pool {pool!r} is exhausted",
+                               f"no free address in {', '.join(r.subnet for r in rangeset)}")
