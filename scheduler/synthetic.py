@@ -1,0 +1,99 @@
+"""Synthetic node topologies: an HGX-like box for benchmarks and random ones for property tests.
+
+Tiers come from a PCIe tree: socket > NUMA node > root port > PCIe switch > device. Two devices
+are SAME_SWITCH under one switch, SAME_ROOT under one root port, and so on up to CROSS_SOCKET.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from scheduler.topology import CompactTopology, Tier, intern
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """Where a device sits in the PCIe tree; ``switch`` None means directly on the root port."""
+
+    socket: int
+    numa: int
+    root: int
+    switch: int | None
+
+
+def tier_between(a: Slot, b: Slot) -> Tier:
+    if a.socket != b.socket:
+        return Tier.CROSS_SOCKET
+    if a.numa != b.numa:
+        return Tier.SAME_SOCKET
+    if a.root != b.root:
+        return Tier.SAME_NUMA
+    if a.switch is not None and a.switch == b.switch:
+        return Tier.SAME_SWITCH
+    return Tier.SAME_ROOT
+
+
+def from_slots(
+    gpus: list[Slot], nics: list[Slot], nvlink_pairs: set[tuple[int, int]] | None = None
+) -> CompactTopology:
+    """Tier matrices for devices placed in a PCIe tree; ``nvlink_pairs`` override GPU pairs to NVLINK."""
+    links = nvlink_pairs or set()
+    gg = [
+        [
+            Tier.NVLINK if i == j or (min(i, j), max(i, j)) in links else tier_between(gpus[i], gpus[j])
+            for j in range(len(gpus))
+        ]
+        for i in range(len(gpus))
+    ]
+    gn = [[tier_between(g, n) for n in nics] for g in gpus]
+    return intern(gg, gn)
+
+
+def hgx_like(nvswitch: bool = False) -> CompactTopology:
+    """8 GPUs + 8 RDMA NICs: GPU i and NIC i under PCIe switch i; switches 0-3 on socket 0, 4-7 on 1.
+
+    Each switch has its own root port and each socket one NUMA node. ``nvswitch=True`` adds the
+    all-to-all NVLink fabric of a real HGX board (every GPU pair at NVLINK); the default is the
+    PCIe-only view, which is what the openb replay uses.
+    """
+    slots = [Slot(socket=i // 4, numa=i // 4, root=i, switch=i) for i in range(8)]
+    pairs = {(i, j) for i in range(8) for j in range(i + 1, 8)} if nvswitch else None
+    return from_slots(slots, list(slots), pairs)
+
+
+def hgx_pairs() -> CompactTopology:
+    """A denser variant: 8 GPUs and 4 NICs, two GPUs + one NIC per PCIe switch, two switches per root."""
+    gpus = [Slot(socket=i // 4, numa=i // 4, root=i // 4 * 2 + (i % 4) // 2, switch=i // 2) for i in range(8)]
+    nics = [Slot(socket=k // 2, numa=k // 2, root=k, switch=k) for k in range(4)]
+    return from_slots(gpus, nics)
+
+
+def random_tree_topology(
+    rng: random.Random, n_gpus: int, n_nics: int, nvlink_prob: float = 0.0
+) -> CompactTopology:
+    """Devices scattered over a random PCIe tree, with optional random NVLink pairs."""
+    switch_ids = iter(range(1000))
+    places: list[Slot] = []
+    for socket in range(rng.randint(1, 2)):
+        for numa_local in range(rng.randint(1, 2)):
+            numa = socket * 2 + numa_local
+            for root_local in range(rng.randint(1, 2)):
+                root = numa * 2 + root_local
+                places.append(Slot(socket, numa, root, None))
+                for _ in range(rng.randint(0, 2)):
+                    places.append(Slot(socket, numa, root, next(switch_ids)))
+    gpus = [rng.choice(places) for _ in range(n_gpus)]
+    nics = [rng.choice(places) for _ in range(n_nics)]
+    pairs = {(i, j) for i in range(n_gpus) for j in range(i + 1, n_gpus) if rng.random() < nvlink_prob}
+    return from_slots(gpus, nics, pairs)
+
+
+def random_matrix_topology(rng: random.Random, n_gpus: int, n_nics: int) -> CompactTopology:
+    """Arbitrary symmetric tier matrices: no tree behind them (non-hierarchical, like NVLink meshes)."""
+    gg = [[0] * n_gpus for _ in range(n_gpus)]
+    for i in range(n_gpus):
+        for j in range(i + 1, n_gpus):
+            gg[i][j] = gg[j][i] = rng.randint(0, 5)
+    gn = [[rng.randint(1, 5) for _ in range(n_nics)] for _ in range(n_gpus)]
+    return intern(gg, gn)
