@@ -79,6 +79,10 @@ class MacvlanConf(BaseModel):
         mac = self.runtimeConfig.get("mac") or self.mac  # the 'mac' capability wins over the config
         if mac is not None and not _MAC.match(str(mac)):
             raise CniError(INVALID_CONFIG, f"runtimeConfig.mac {mac!r} is not a MAC address")
+        if mac and self.mode == "passthru":
+            # A passthru macvlan shares the NIC's MAC; setting one would rewrite the host NIC's address.
+            raise CniError(INVALID_CONFIG, "a MAC address cannot be set in passthru mode",
+                           "drop 'mac' (the interface takes the NIC's own MAC) or use another mode")
         return str(mac).lower() if mac else None
 
 
