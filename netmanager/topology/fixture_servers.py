@@ -51,7 +51,7 @@ def hgx_h100() -> Server:
     buses = [(0, 0x15), (0, 0x37), (0, 0x48), (0, 0x59), (1, 0x97), (1, 0xB8), (1, 0xC9), (1, 0xDA)]
     bridges = [HostBridge(numa=0, bus=0x00, ports=[RootPort(_management_nic())])]
     for slot, (numa, bus) in enumerate(buses):
-        members = [Gpu(device_id=H100_SXM), Nic(device_id=CONNECTX_7, speed_gbps=400)]
+        members: list[Gpu | Nic | Device] = [Gpu(device_id=H100_SXM), Nic(device_id=CONNECTX_7, speed_gbps=400)]
         if slot % 2 == 0:
             members.append(_nvme())
         bridges.append(HostBridge(numa=numa, bus=bus, ports=[RootPort(Switch(*members))]))
