@@ -233,36 +233,39 @@ class MacvlanPlugin:
         record = self.attachments.get(req.container_id, req.ifname)
         config = record.config if record else req.config  # the cached config survives config changes
         netns = record.netns if record else req.netns
-        self._remove_link(netns, req.container_id, req.ifname)
+        recorded = [ip["address"].split("/")[0] for ip in ((record.result or {}).get("ips", []) if record else [])]
+        self._remove_link(netns, req.container_id, req.ifname, recorded)
         self.ipam.delete(req, config)
         self.attachments.drop(req.container_id, req.ifname)
 
-    def _remove_link(self, netns: str, container_id: str, ifname: str) -> None:
+    def _remove_link(self, netns: str, container_id: str, ifname: str, recorded_ips: list[str]) -> None:
         try:
             ns = NetNS(netns) if netns else None
         except FileNotFoundError:
-            ns = None  # the netns is gone and took the link with it
+            ns = None  # the netns is gone and took the link and its rules with it
         if ns is None:
             return
         with ns:
+            addresses = set(recorded_ips)
             for name in (ifname, temp_name(container_id, ifname)):
                 for index in ns.ipr.link_lookup(ifname=name):
                     link = ns.ipr.get_links(index)[0]
                     info = link.get_attr("IFLA_LINKINFO")
                     if info is None or info.get_attr("IFLA_INFO_KIND") != "macvlan":
                         continue  # never delete an interface railnet did not make
-                    self._remove_rules(ns, index)
+                    addresses |= {a.get_attr("IFA_ADDRESS") for a in ns.ipr.get_addr(index=index)}
                     ns.ipr.link("del", index=index)
+            self._remove_rules(ns, addresses)
 
     @staticmethod
-    def _remove_rules(ns: NetNS, index: int) -> None:
-        addrs = {a.get_attr("IFA_ADDRESS") for a in ns.ipr.get_addr(index=index)}
+    def _remove_rules(ns: NetNS, addresses: set[str]) -> None:
+        """Our rules are 'from <ip> lookup T' at priority T; they outlive the link, so remove them."""
         for family in (socket.AF_INET, socket.AF_INET6):
             for rule in ns.ipr.get_rules(family=family):
-                src = rule.get_attr("FRA_SRC")
-                if src in addrs:
-                    ns.ipr.rule("del", family=family, src=src, src_len=rule["src_len"],
-                                table=rule.get_attr("FRA_TABLE"), priority=rule.get_attr("FRA_PRIORITY"))
+                src, table = rule.get_attr("FRA_SRC"), rule.get_attr("FRA_TABLE")
+                if src in addresses and table == rule.get_attr("FRA_PRIORITY"):
+                    ns.ipr.rule("del", family=family, src=src, src_len=rule["src_len"], table=table,
+                                priority=table)
 
     # ---- CHECK ----------------------------------------------------------------------------
     def check(self, req: CniRequest) -> None:
@@ -308,7 +311,8 @@ class MacvlanPlugin:
         log.info("gc: removing stale attachment %s/%s", record.container_id, record.ifname)
         stale = CniRequest("DEL", record.container_id, record.netns, record.ifname, {}, req.path, req.env,
                            record.config)
-        self._remove_link(record.netns, record.container_id, record.ifname)
+        recorded = [ip["address"].split("/")[0] for ip in (record.result or {}).get("ips", [])]
+        self._remove_link(record.netns, record.container_id, record.ifname, recorded)
         self.ipam.delete(stale, record.config)
         self.attachments.drop(record.container_id, record.ifname)
 

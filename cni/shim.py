@@ -34,7 +34,7 @@ def main() -> int:
         return _fail(DECODE_FAILURE, "network config is not valid JSON", str(exc))
     if not isinstance(config, dict):
         return _fail(DECODE_FAILURE, "network config must be a JSON object", type(config).__name__)
-    version = config.get("cniVersion") if config.get("cniVersion") in SUPPORTED else "1.1.0"
+    version = str(config["cniVersion"]) if config.get("cniVersion") in SUPPORTED else "1.1.0"
     if os.environ.get("CNI_COMMAND") == "VERSION":
         if config.get("cniVersion") and config["cniVersion"] not in SUPPORTED:
             return _fail(INCOMPATIBLE_VERSION, f"unsupported cniVersion {config['cniVersion']!r}",

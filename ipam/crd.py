@@ -8,7 +8,7 @@ Semantics:
 - ``subnet`` is the network the addresses belong to (prefix length = the interface's prefix).
 - ``ranges`` restrict allocation to [start, end] spans inside the subnet; empty = the whole subnet
   minus the network address, the broadcast address (IPv4) and the gateway.
-- ``exclude`` removes single addresses or CIDRs from what the ranges give.
+- ``exclude`` removes single addresses, CIDRs or ``start-end`` spans from what the ranges give.
 - ``node_selector`` (label equality, like a pod's nodeSelector) limits the nodes that may draw from the
   pool; ``namespaces`` limits the pod namespaces. Unset means "any".
 """
@@ -40,6 +40,21 @@ def _address(value: str) -> IPAddress:
         return ipaddress.ip_address(value)
     except ValueError:
         raise ValueError(f"{value!r} is not an IP address") from None
+
+
+def _span(item: str) -> tuple[IPAddress, IPAddress]:
+    """First and last address of an exclude entry: "10.0.0.5", "10.0.0.0/28" or "10.0.0.20-10.0.0.29"."""
+    if "-" in item:
+        start, _, end = item.partition("-")
+        first, last = _address(start.strip()), _address(end.strip())
+        if first.version != last.version or int(first) > int(last):
+            raise ValueError(f"exclude {item}: start must not be above end (same family)")
+        return first, last
+    try:
+        net = ipaddress.ip_network(item, strict=False)
+    except ValueError:
+        raise ValueError(f"exclude {item!r} is not an address, CIDR or start-end span") from None
+    return net[0], net[-1]
 
 
 class IPRange(_CamelModel):
@@ -80,7 +95,8 @@ class IPPoolSpec(_CamelModel):
         default_factory=list, description="Allocatable spans inside the subnet; empty = the whole subnet."
     )
     exclude: list[str] = Field(
-        default_factory=list, description="Addresses or CIDRs inside the subnet never handed out."
+        default_factory=list,
+        description="Addresses, CIDRs or start-end spans inside the subnet never handed out.",
     )
     gateway: str | None = Field(default=None, description="Gateway address inside the subnet; never allocated.")
     routes: list[Route] = Field(default_factory=list, description="Routes added in the pod for this network.")
@@ -111,8 +127,8 @@ class IPPoolSpec(_CamelModel):
             if _address(r.start) not in net or _address(r.end) not in net:
                 raise ValueError(f"range {r.start}-{r.end} is not inside subnet {self.subnet}")
         for item in self.exclude:
-            excluded = ipaddress.ip_network(item, strict=False)
-            if excluded.version != net.version or not excluded.subnet_of(net):  # type: ignore[arg-type]
+            first, last = _span(item)
+            if first not in net or last not in net:
                 raise ValueError(f"exclude {item} is not inside subnet {self.subnet}")
         if self.gateway is not None and _address(self.gateway) not in net:
             raise ValueError(f"gateway {self.gateway} is not inside subnet {self.subnet}")
