@@ -185,7 +185,7 @@ class MacvlanPlugin:
             dst = ipaddress.ip_network(route["dst"], strict=False)
             gw = route.get("gw") or gateways.get(dst.version)
             _nl(f"add route {dst} via {gw}", ns.ipr.route, "add", dst=str(dst), gateway=gw, oif=index)
-            routes.append({k: v for k, v in {"dst": str(dst), "gw": gw}.items() if v})
+            routes.append(dict(route))  # reported as configured; installed via the family's gateway
         if conf.policyRouting:
             routes += self._policy_routes(ns, index, ips, conf.routeTableBase + index, undo)
 

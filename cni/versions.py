@@ -51,8 +51,7 @@ def convert_result(result: dict[str, Any], to_version: str) -> dict[str, Any]:
         # Before 1.1.0 a route has no table: a policy-table route would read as a main-table one.
         routes = [r for r in result["routes"] if not (old and "table" in r)]
         out["routes"] = [{k: v for k, v in r.items() if not (old and k in _ROUTE_1_1_ONLY)} for r in routes]
-    if result.get("dns"):
-        out["dns"] = result["dns"]
+    out["dns"] = result.get("dns") or {}  # the reference plugins always emit the key
     return out
 
 

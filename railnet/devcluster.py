@@ -72,6 +72,10 @@ def _quiet(_: str) -> None:
     pass
 
 
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
 # ------------------------------------------------------------------------------------------ paths
 
 
@@ -293,6 +297,13 @@ class Api:
         except ValueError:
             return status, raw.decode(errors="replace")
 
+    def ok(self, path: str) -> bool:
+        """True if GET path answers 200; False on any error (for readiness probes)."""
+        try:
+            return self.request("GET", path, timeout=2)[0] == 200
+        except OSError:
+            return False
+
     def get(self, path: str) -> Any:
         status, body = self.request("GET", path)
         if status != 200:
@@ -430,7 +441,7 @@ class DevCluster:
         return {n: _alive(int(p["pid"]), p.get("start")) for n, p in procs.items()}
 
     # -- up
-    def up(self, nodes: NodeSet | None = None, options: Options | None = None, log: Log = print,
+    def up(self, nodes: NodeSet | None = None, options: Options | None = None, log: Log = _say,
            timeout: float = 60.0) -> Path:
         """Start the cluster (reaping a stale one first) and return the kubeconfig path."""
         nodes = nodes if nodes is not None else NodeSet()
@@ -510,7 +521,7 @@ class DevCluster:
             "--max-mutating-requests-inflight=0", "--event-ttl=10m", *opt.extra_apiserver_args,
         ])
         api = Api(server, p)
-        self._wait(state, "kube-apiserver", lambda: api.request("GET", "/readyz", timeout=2)[0] == 200, deadline)
+        self._wait(state, "kube-apiserver", functools.partial(api.ok, "/readyz"), deadline)
 
         common = [f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
                   "--bind-address=127.0.0.1", "--leader-elect=false"]
@@ -547,8 +558,7 @@ class DevCluster:
                        deadline)
         # Pods cannot be created before the service-account controller made the "default" SA.
         self._wait(state, "kube-controller-manager",
-                   lambda: api.request("GET", "/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,
-                   deadline)
+                   functools.partial(api.ok, "/api/v1/namespaces/default/serviceaccounts/default"), deadline)
         if nodes.count:
             self.add_nodes(nodes, deadline=deadline, log=log)
 
@@ -584,7 +594,7 @@ class DevCluster:
         return "\n".join("    " + ln for ln in text.splitlines()[-lines:])
 
     # -- nodes
-    def add_nodes(self, nodes: NodeSet, deadline: float | None = None, log: Log = print,
+    def add_nodes(self, nodes: NodeSet, deadline: float | None = None, log: Log = _say,
                   wait: bool = True) -> list[str]:
         """Create kwok-managed nodes and wait until every one is Ready and untainted."""
         api = self.api()
@@ -614,7 +624,7 @@ class DevCluster:
         return sorted(names)
 
     # -- down / status
-    def down(self, log: Log = print) -> bool:
+    def down(self, log: Log = _say) -> bool:
         """Stop every recorded process and remove the state directory. True if there was something."""
         if not self.dir.exists():
             log(f"==> cluster {self.name!r} is not running ({self.dir} does not exist)")
@@ -681,7 +691,7 @@ def _kwok_config(bins: Path, opt: Options) -> str:
     return "\n---\n".join(docs) + "\n"
 
 
-def reap_orphans(log: Log = print) -> list[Path]:
+def reap_orphans(log: Log = _say) -> list[Path]:
     """Remove clusters whose owning test run died (their processes died with it, by PDEATHSIG)."""
     removed: list[Path] = []
     root = home()
@@ -741,14 +751,14 @@ def main(argv: list[str] | None = None) -> int:
         healthy, text = cluster.status()
         print(text)
         return 0 if healthy else 1
-    except (DevClusterError, k8sbin.BuildError) as exc:
+    except (DevClusterError, k8sbin.BuildError, OSError) as exc:
         print(f"railnet dev-cluster: error: {exc}", file=sys.stderr)
         return 1
 
 
 @contextlib.contextmanager
 def running_cluster(name: str, state_dir: Path | None = None, nodes: NodeSet | None = None,
-                    options: Options | None = None, log: Log = print) -> Iterator[DevCluster]:
+                    options: Options | None = None, log: Log = _say) -> Iterator[DevCluster]:
     """A cluster owned by this process for the duration of the block (fixtures, benchmarks)."""
     cluster = DevCluster(name, state_dir=state_dir, owner=True)
     cluster.up(nodes, options, log=log)

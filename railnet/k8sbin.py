@@ -340,7 +340,11 @@ def _locked(directory: Path, log: Log) -> Iterator[None]:
         yield
 
 
-def build(force: bool = False, log: Log = print) -> Path:
+def _say(msg: str) -> None:
+    print(msg, flush=True)  # progress must show up at once, also when piped into a log file
+
+
+def build(force: bool = False, log: Log = _say) -> Path:
     """Build every missing binary into bin_dir(); return the directory. Raises BuildError."""
     directory = bin_dir()
     if not force and not missing(directory):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from scheduler.domains import DEFAULT_DOMAIN_KEYS
+from scheduler.model import Cluster, new_node
 from scheduler.topology import CompactTopology, Tier, intern
 
 
@@ -97,3 +99,29 @@ def random_matrix_topology(rng: random.Random, n_gpus: int, n_nics: int) -> Comp
             gg[i][j] = gg[j][i] = rng.randint(0, 5)
     gn = [[rng.randint(1, 5) for _ in range(n_nics)] for _ in range(n_gpus)]
     return intern(gg, gn)
+
+
+def fabric_cluster(
+    nodes: int,
+    gpus_per_node: int = 8,
+    nodes_per_leaf: int = 32,
+    leaves_per_spine: int = 8,
+    spines_per_zone: int = 4,
+    topology: CompactTopology | None = None,
+    cpu_milli: int = 128_000,
+    memory_mib: int = 1_048_576,
+    gpu_model: str = "H100",
+) -> Cluster:
+    """A labelled cluster: nodes fill leaves, leaves fill spines, spines fill zones, in order."""
+    leaf_key, spine_key, zone_key = DEFAULT_DOMAIN_KEYS
+    topo = topology if topology is not None else hgx_like()
+    built = []
+    for i in range(nodes):
+        leaf = i // nodes_per_leaf
+        spine = leaf // leaves_per_spine
+        zone = spine // spines_per_zone
+        labels = {leaf_key: f"leaf-{leaf:04d}", spine_key: f"spine-{spine:03d}", zone_key: f"zone-{zone:02d}"}
+        built.append(
+            new_node(i, f"node-{i:05d}", cpu_milli, memory_mib, gpu_model, gpus_per_node, topo, labels)
+        )
+    return Cluster(built)

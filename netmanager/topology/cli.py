@@ -58,9 +58,10 @@ def _topology(args: argparse.Namespace) -> NodeTopology:
         return discover(args.sysfs, smi_text, args.node_name, args.nvidia_smi_topo or "nvidia-smi topo -m")
     with tempfile.TemporaryDirectory(prefix=f"railnet-{args.fixture}-") as root:
         built = build_fixture(args.fixture, root)
+        source = args.nvidia_smi_topo or "generated nvidia-smi topo -m"
         if smi_text is None and built.server.nvlinks:
             smi_text = nvidia_smi_topo(built)  # the fixture's own matrix, so NVLink shows up too
-        return discover(root, smi_text, args.node_name or args.fixture, "generated nvidia-smi topo -m")
+        return discover(root, smi_text, args.node_name or args.fixture, source)
 
 
 def _read_smi(path: str) -> str:
