@@ -1,0 +1,300 @@
+"""Gang placement: every member gets a node and devices in one transaction, or nothing is reserved.
+
+Across nodes (homogeneous gangs, the common case of N identical workers):
+
+1. ``slots``: how many members each node can hold, by planning copies of the member on it
+   (memoised by node state, so identical nodes cost one computation);
+2. ``target`` = as many members as possible, at most N; fewer than min_member means no placement;
+3. the narrowest network level (leaf < spine < zone < cluster) with a domain holding ``target``;
+   among those domains the tightest (fewest spare slots), then by name;
+4. inside it, children are filled the Kueue way: the biggest ones first, but the last one is the
+   smallest child that still fits, which leaves the fewest half-used switches and nodes;
+5. ranks are handed out walking the chosen domains in label order, so consecutive ranks share a
+   node, then a leaf, then a spine.
+
+Gangs whose members differ (say a launcher plus workers) are placed greedily, member by member in
+rank order, trying narrow domains first. Both paths reserve in a ``ClusterView``; the caller
+commits the view, so a gang that does not fit never holds capacity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TypeVar
+
+from scheduler.domains import DomainId
+from scheduler.intranode import DeviceRequest, plan_devices
+from scheduler.model import Allocation, ModelError, Node, PodSpec
+from scheduler.placement import place_on_node
+from scheduler.topology import CompactTopology
+from scheduler.view import ClusterView
+
+
+@dataclass(frozen=True, slots=True)
+class Gang:
+    """Members in rank order. ``min_member`` 0 means all of them (a rigid gang)."""
+
+    name: str
+    members: tuple[PodSpec, ...]
+    min_member: int = 0
+    priority: int = 0
+    max_level: int | None = None  # required: all members inside one domain of this level
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            raise ModelError(f"gang {self.name}: no members")
+        if not 0 <= self.min_member <= len(self.members):
+            raise ModelError(f"gang {self.name}: min_member {self.min_member} not in 0..{len(self.members)}")
+        if len({m.name for m in self.members}) != len(self.members):
+            raise ModelError(f"gang {self.name}: member names must be unique")
+
+    @property
+    def need(self) -> int:
+        return self.min_member or len(self.members)
+
+
+@dataclass(frozen=True, slots=True)
+class GangPlan:
+    gang: str
+    allocations: tuple[Allocation, ...]  # placed members, rank order
+    level: int  # network level of the domain that holds them all
+    domain: DomainId
+
+
+def plan_gang(view: ClusterView, gang: Gang) -> GangPlan | None:
+    """Reserve the gang in ``view`` and return the plan, or return None and leave ``view`` as it was."""
+    shape = _shape(gang.members[0])
+    if all(_shape(m) == shape for m in gang.members):
+        return _plan_homogeneous(view, gang)
+    return _plan_greedy(view, gang)
+
+
+def plan_gangs(view: ClusterView, gangs: Sequence[Gang]) -> list[GangPlan] | None:
+    """A gang group: all gangs placed together, or none (Koordinator's GangGroup semantics)."""
+    trial = view.child()
+    plans = []
+    for gang in gangs:
+        plan = plan_gang(trial, gang)
+        if plan is None:
+            return None
+        plans.append(plan)
+    view.absorb(trial)
+    return plans
+
+
+# -- homogeneous gangs --------------------------------------------------------------------------
+
+
+def _shape(pod: PodSpec) -> tuple[object, ...]:
+    return (
+        pod.cpu_milli,
+        pod.memory_mib,
+        pod.num_gpu,
+        pod.gpu_milli,
+        pod.gpu_models,
+        pod.rdma_nics,
+        pod.required_scope,
+        pod.preferred_scope,
+    )
+
+
+def _candidates(view: ClusterView, pod: PodSpec) -> Iterable[int]:
+    cluster = view.cluster
+    if pod.whole_gpus:
+        return cluster.nodes_with_whole_free(pod.whole_gpus)
+    return range(len(cluster.nodes))
+
+
+def slots(node: Node, pod: PodSpec, cap: int) -> int:
+    """How many copies of ``pod`` fit on ``node`` as it is now (at most ``cap``)."""
+    if cap <= 0 or not node.fits_host(pod):
+        return 0
+    shares = tuple(node.gpu_free_milli) if pod.shares_gpu else ()
+    return _slots(
+        node.topology,
+        node.whole_free,
+        node.nic_free,
+        node.cpu_free,
+        node.memory_free,
+        shares,
+        pod.cpu_milli,
+        pod.memory_mib,
+        pod.gpu_milli,
+        pod.device_request(),
+        cap,
+    )
+
+
+@lru_cache(maxsize=1 << 16)
+def _slots(
+    topo: CompactTopology,
+    whole_free: int,
+    nic_free: int,
+    cpu_free: int,
+    mem_free: int,
+    shares: tuple[int, ...],
+    cpu: int,
+    mem: int,
+    gpu_milli: int,
+    request: DeviceRequest,
+    cap: int,
+) -> int:
+    count = 0
+    free_shares = list(shares)
+    while count < cap and cpu <= cpu_free and mem <= mem_free:
+        if free_shares:  # a GPU share: best fit, like placement.best_fit_share
+            fitting = [(left, gpu) for gpu, left in enumerate(free_shares) if left >= gpu_milli]
+            if not fitting or request.nics > nic_free.bit_count():
+                break
+            left, gpu = min(fitting)
+            free_shares[gpu] -= gpu_milli
+            nic_free = _drop_lowest(nic_free, request.nics)
+        else:
+            plan = plan_devices(topo, whole_free, nic_free, request)
+            if plan is None:
+                break
+            whole_free &= ~plan.gpu_mask
+            nic_free &= ~plan.nic_mask
+        cpu_free -= cpu
+        mem_free -= mem
+        count += 1
+        if cpu == 0 and mem == 0 and not request.gpus and not request.nics and not free_shares:
+            return cap  # a pod that asks for nothing fits any number of times
+    return count
+
+
+def _drop_lowest(mask: int, count: int) -> int:
+    for _ in range(count):
+        mask &= mask - 1
+    return mask
+
+
+Key = TypeVar("Key", int, DomainId)
+
+
+def _pick(items: list[tuple[int, Key]], need: int) -> list[tuple[Key, int]]:
+    """Kueue BestFit: take the biggest children while none fits alone, then the tightest that fits."""
+    remaining = sorted(items, key=lambda item: (-item[0], item[1]))
+    chosen: list[tuple[Key, int]] = []
+    while need > 0 and remaining:
+        fitting = [item for item in remaining if item[0] >= need]
+        if fitting:
+            cap, ident = min(fitting, key=lambda item: (item[0], item[1]))
+            chosen.append((ident, need))
+            return chosen
+        cap, ident = remaining.pop(0)
+        chosen.append((ident, cap))
+        need -= cap
+    return chosen
+
+
+def _plan_homogeneous(view: ClusterView, gang: Gang) -> GangPlan | None:
+    pod = gang.members[0]
+    total_members = len(gang.members)
+    node_slots: dict[int, int] = {}
+    for index in _candidates(view, pod):
+        count = slots(view.node(index), pod, total_members)
+        if count:
+            node_slots[index] = count
+    domains = view.cluster.domains
+    sums: list[dict[DomainId, int]] = [{} for _ in range(domains.levels)]
+    for index, count in node_slots.items():
+        for level, dom in enumerate(domains.paths[index]):
+            sums[level][dom] = sums[level].get(dom, 0) + count
+    top = domains.levels - 1 if gang.max_level is None else min(gang.max_level, domains.levels - 1)
+    best_at_top = max(sums[top].values(), default=0)
+    target = min(total_members, best_at_top)
+    if target < gang.need:
+        return None
+    for level in range(top + 1):
+        fitting = [(count, dom) for dom, count in sums[level].items() if count >= target]
+        if not fitting:
+            continue
+        _, dom = min(fitting)
+        order = _distribute(view, level, dom, target, node_slots, sums)
+        trial = view.child()
+        allocations: list[Allocation] = []
+        members = iter(gang.members[:target])
+        for index, count in order:
+            for _ in range(count):
+                member = next(members)
+                alloc = place_on_node(trial.node(index), member, group=gang.name)
+                if alloc is None:  # cannot happen: slots were counted on this very state
+                    raise ModelError(f"gang {gang.name}: node {index} lost a slot while planning")
+                trial.reserve(alloc)
+                allocations.append(alloc)
+        view.absorb(trial)
+        return GangPlan(gang.name, tuple(allocations), level, dom)
+    return None
+
+
+def _distribute(
+    view: ClusterView,
+    level: int,
+    dom: DomainId,
+    take: int,
+    node_slots: dict[int, int],
+    sums: list[dict[DomainId, int]],
+) -> list[tuple[int, int]]:
+    """(node, members) in rank order for ``take`` members inside ``dom``."""
+    domains = view.cluster.domains
+    if level == 0:
+        nodes = [(node_slots[i], i) for i in domains.members[0][dom] if i in node_slots]
+        return sorted(_pick(nodes, take))
+    kids = [(sums[level - 1][kid], kid) for kid in domains.children[level][dom] if sums[level - 1].get(kid)]
+    out: list[tuple[int, int]] = []
+    for kid, count in sorted(_pick(kids, take)):
+        out.extend(_distribute(view, level - 1, kid, count, node_slots, sums))
+    return out
+
+
+# -- heterogeneous gangs ------------------------------------------------------------------------
+
+
+def _plan_greedy(view: ClusterView, gang: Gang) -> GangPlan | None:
+    domains = view.cluster.domains
+    top = domains.levels - 1 if gang.max_level is None else min(gang.max_level, domains.levels - 1)
+    gpus_needed = sum(m.whole_gpus for m in gang.members[: gang.need])
+    best: tuple[int, ClusterView, list[Allocation], int, DomainId] | None = None
+    for level in range(top + 1):
+        order = sorted((free, dom) for dom, free in domains.whole_free[level].items() if free >= gpus_needed)
+        for _, dom in order:
+            trial = view.child()
+            placed = _fill_domain(trial, gang, domains.members[level][dom])
+            if len(placed) == len(gang.members):
+                view.absorb(trial)
+                return GangPlan(gang.name, tuple(placed), level, dom)
+            if len(placed) >= gang.need and (best is None or len(placed) > best[0]):
+                best = (len(placed), trial, placed, level, dom)
+    if best is None:
+        return None
+    _, trial, placed, level, dom = best
+    view.absorb(trial)
+    return GangPlan(gang.name, tuple(placed), level, dom)
+
+
+def _fill_domain(trial: ClusterView, gang: Gang, nodes: list[int]) -> list[Allocation]:
+    """Members in rank order, each next to the previous one when possible, else on the tightest node."""
+    placed: list[Allocation] = []
+    previous: int | None = None
+    for member in gang.members:
+        alloc = None
+        if previous is not None:
+            alloc = place_on_node(trial.node(previous), member, group=gang.name)
+        if alloc is None:
+            options = []
+            for index in nodes:
+                node = trial.node(index)
+                found = place_on_node(node, member, group=gang.name)
+                if found is not None:
+                    options.append((node.whole_free.bit_count() - len(found.gpus), index, found))
+            if options:
+                alloc = min(options, key=lambda o: (o[0], o[1]))[2]
+        if alloc is None:
+            continue  # an elastic member that does not fit; min_member decides
+        trial.reserve(alloc)
+        placed.append(alloc)
+        previous = alloc.node
+    return placed
