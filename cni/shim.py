@@ -5,10 +5,12 @@ floor of every pod's network setup. VERSION is answered locally so a runtime can
 plugin while the agent is down.
 """
 
+import errno
 import json
 import os
 import socket
 import sys
+import time
 
 DEFAULT_SOCKET = "/run/railnet/agent.sock"
 SUPPORTED = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]  # keep equal to cni.versions.SUPPORTED
@@ -24,6 +26,19 @@ def _fail(code: int, msg: str, details: str, version: str = "1.1.0") -> int:
 
 def _socket_path(config: dict) -> str:  # type: ignore[type-arg]
     return str(os.environ.get("RAILNET_AGENT_SOCKET") or config.get("agentSocket") or DEFAULT_SOCKET)
+
+
+def _connect(sock: socket.socket, path: str) -> None:
+    """EAGAIN means the agent's accept queue is full (a burst): wait briefly, don't fail the pod."""
+    for delay in (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8):
+        try:
+            sock.connect(path)
+            return
+        except BlockingIOError as exc:
+            if exc.errno != errno.EAGAIN:
+                raise
+            time.sleep(delay)
+    sock.connect(path)
 
 
 def main() -> int:
@@ -50,7 +65,7 @@ def main() -> int:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(float(os.environ.get("RAILNET_AGENT_TIMEOUT", "120")))
-            sock.connect(path)
+            _connect(sock, path)
             sock.sendall(json.dumps(request).encode())
             sock.shutdown(socket.SHUT_WR)
             chunks = []

@@ -115,6 +115,7 @@ class _Handler(socketserver.BaseRequestHandler):
 class AgentServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = False
     block_on_close = True  # shutdown waits for requests in flight
+    request_queue_size = 1024  # a node starting many pods at once bursts CNI calls (default is 5)
 
     def __init__(self, path: Path, agent: Agent) -> None:
         self.agent = agent

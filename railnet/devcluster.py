@@ -393,6 +393,7 @@ def _node_ready(node: Mapping[str, Any]) -> bool:
 class Options:
     node_lease_seconds: int = 40  # kwok renews every lease/4; the bench raises it for 1,000 nodes
     kwok_parallelism: int = 8
+    kwok_log_level: str = "INFO"  # kwok logs every node/pod patch at INFO; benchmarks use WARN
     scheduler_qps: int = 5000
     extra_apiserver_args: list[str] = field(default_factory=list)
 
@@ -518,7 +519,11 @@ class DevCluster:
             "--allow-privileged=true", "--endpoint-reconciler-type=none", "--profiling=false",
             # A test cluster must not throttle its own clients (the benchmark creates pods in bulk).
             "--enable-priority-and-fairness=false", "--max-requests-inflight=0",
-            "--max-mutating-requests-inflight=0", "--event-ttl=10m", *opt.extra_apiserver_args,
+            "--max-mutating-requests-inflight=0", "--event-ttl=10m",
+            # Without a requestheader CA, KCM and the scheduler log an error on every auth config sync.
+            f"--requestheader-client-ca-file={p / 'ca.crt'}", "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User", "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-", *opt.extra_apiserver_args,
         ])
         api = Api(server, p)
         self._wait(state, "kube-apiserver", functools.partial(api.ok, "/readyz"), deadline)
@@ -550,7 +555,7 @@ class DevCluster:
             "--manage-all-nodes=false",
             f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION[0]}={KWOK_ANNOTATION[1]}",
             f"--node-lease-duration-seconds={opt.node_lease_seconds}", f"--cidr={POD_CIDR}",
-            f"--server-address=127.0.0.1:{ports['kwok']}",
+            f"--server-address=127.0.0.1:{ports['kwok']}", f"--v={opt.kwok_log_level}",
         ])
         insecure = _insecure_ctx()
         for comp, port in (("kube-controller-manager", ports["kcm"]), ("kube-scheduler", ports["scheduler"])):
