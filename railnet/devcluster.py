@@ -237,25 +237,29 @@ def _die_with_parent(parent: int) -> Callable[[], None]:
     return preexec
 
 
-def _stop_pids(procs: Mapping[str, Mapping[str, Any]], timeout: float = 15.0) -> list[str]:
-    """SIGTERM each recorded process group that is still the recorded process, then SIGKILL stragglers."""
-    live = {n: p for n, p in procs.items() if _alive(int(p["pid"]), p.get("start"))}
-    for p in live.values():
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(int(p["pid"]), signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(_alive(int(p["pid"]), p.get("start")) for p in live.values()):
-        _reap_children()
-        time.sleep(0.1)
-    for p in live.values():
-        if _alive(int(p["pid"]), p.get("start")):
+def _stop_pids(procs: Mapping[str, Mapping[str, Any]], timeout: float = 10.0) -> list[str]:
+    """Stop the recorded processes one after the other, in the given order: SIGTERM, then SIGKILL.
+
+    One at a time, because kube-apiserver's graceful shutdown talks to etcd: stopping both at once
+    makes it hang until the timeout. A pid only counts while its start time is the recorded one.
+    """
+    stopped = []
+    for name, p in procs.items():
+        pid, start = int(p["pid"]), p.get("start")
+        if not _alive(pid, start):
+            continue
+        stopped.append(name)
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 30.0)):
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(int(p["pid"]), signal.SIGKILL)
-    while any(_alive(int(p["pid"]), p.get("start")) for p in live.values()):
-        _reap_children()
-        time.sleep(0.05)
+                os.killpg(pid, sig)  # the whole group: start_new_session made pid its leader
+            deadline = time.monotonic() + wait
+            while _alive(pid, start) and time.monotonic() < deadline:
+                _reap_children()
+                time.sleep(0.02)
+            if not _alive(pid, start):
+                break
     _reap_children()
-    return sorted(live)
+    return stopped
 
 
 def _reap_children() -> None:
