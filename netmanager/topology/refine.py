@@ -45,7 +45,7 @@ def _merge(topology: NodeTopology, pair: str, a: Placed, b: Placed, sysfs_tier: 
     if smi_tier is None:
         return sysfs_tier
     if smi_tier == Tier.NVLINK or tier_is_guess(a, b):
-        return smi_tier
+        return int(smi_tier)  # the model holds plain ints
     # SYS means "across NUMA nodes": sysfs may rightly say same socket (SNC / NPS modes).
     agrees = smi_tier == sysfs_tier or (label in ("SYS", "SOC") and sysfs_tier >= Tier.SAME_SOCKET)
     if not agrees:
