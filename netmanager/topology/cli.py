@@ -33,9 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     except TopologyError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
-    print(topology.model_dump_json(by_alias=True, indent=2) if args.json else render(topology), end="")
-    if not args.json:
-        print()
+    print(topology.model_dump_json(by_alias=True, indent=2) if args.json else render(topology).rstrip("\n"))
     return 0
 
 
