@@ -1,18 +1,19 @@
 """railnet-macvlan: a macvlan interface on a RoCE NIC, created directly inside the pod netns.
 
-ADD order: record intent -> IPAM -> create link in the target netns under a temporary name ->
-rename -> sysctls -> addresses -> up -> routes -> per-NIC policy routing -> record result.
+ADD order: record intent -> IPAM -> create the link in the target netns under its final name ->
+sysctls -> addresses -> up -> routes -> per-NIC policy routing -> record result.
 Each step pushes its undo; any failure runs the undos in reverse, so a failed ADD leaves no
 link, no address allocation and no record behind.
 """
 
 from __future__ import annotations
 
-import hashlib
+import errno
 import ipaddress
 import logging
 import re
 import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -22,7 +23,15 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from cni.attachments import Attachment, AttachmentStore
-from cni.errors import CHECK_FAILED, INTERFACE_EXISTS, INVALID_CONFIG, KERNEL_REFUSED, NOT_AVAILABLE, CniError
+from cni.errors import (
+    CHECK_FAILED,
+    INTERFACE_EXISTS,
+    INVALID_CONFIG,
+    KERNEL_REFUSED,
+    MASTER_NOT_FOUND,
+    NOT_AVAILABLE,
+    CniError,
+)
 from cni.ipam_calls import IpamCalls
 from cni.master import resolve_master
 from cni.netns import NetNS
@@ -93,11 +102,6 @@ def parse_conf(config: dict[str, Any]) -> MacvlanConf:
         raise validation_error("railnet-macvlan config", exc) from None
 
 
-def temp_name(container_id: str, ifname: str) -> str:
-    """Deterministic, so an undo or a DEL after a crash can find a link that was never renamed."""
-    return "rn" + hashlib.sha1(f"{container_id}/{ifname}".encode()).hexdigest()[:12]
-
-
 def _kernel(what: str, exc: NetlinkError) -> CniError:
     return CniError(KERNEL_REFUSED, f"kernel refused to {what}", f"netlink error {exc.code}: {exc.args[-1]}")
 
@@ -115,7 +119,16 @@ class MacvlanPlugin:
         self.attachments = attachments
         self.ipam = ipam
         self.sysfs = sysfs
-        self.host = IPRoute()  # the agent's own namespace, where the NICs live
+        self._local = threading.local()
+
+    @property
+    def host(self) -> Any:
+        """A netlink socket in the agent's own namespace (where the NICs live), one per thread:
+        a pyroute2 socket shared between threads would serialise every request on it."""
+        ipr = getattr(self._local, "ipr", None)
+        if ipr is None:
+            ipr = self._local.ipr = IPRoute()
+        return ipr
 
     # ---- ADD ------------------------------------------------------------------------------
     def add(self, req: CniRequest) -> dict[str, Any]:
@@ -124,8 +137,7 @@ class MacvlanPlugin:
         if conf.ipam is None:
             raise CniError(INVALID_CONFIG, "railnet-macvlan needs an 'ipam' section",
                            'e.g. "ipam": {"type": "railnet-ipam", "ranges": [[{"subnet": "10.1.0.0/24"}]]}')
-        master = self._master(conf)
-        master_index = self.host.link_lookup(ifname=master)[0]
+        master_index = self._master(conf)
         if self.attachments.get(req.container_id, req.ifname):
             raise CniError(INTERFACE_EXISTS, f"attachment {req.container_id}/{req.ifname} already exists",
                            "DEL it before adding it again")
@@ -155,17 +167,17 @@ class MacvlanPlugin:
         undo.append(lambda: self.ipam.delete(req, req.config))
         ipam_result = self.ipam.add(req, req.config)
 
-        tmp = temp_name(req.container_id, req.ifname)
-        attrs: dict[str, Any] = {"ifname": tmp, "kind": "macvlan", "link": master_index,
+        # Created under its final name straight in the pod's namespace: the kernel checks the name
+        # there, not on the host, so no temporary name and rename (2-3 ms) are needed.
+        attrs: dict[str, Any] = {"ifname": req.ifname, "kind": "macvlan", "link": master_index,
                                  "macvlan_mode": conf.mode, "net_ns_fd": ns.fd}
         if mac:
             attrs["address"] = mac
         if conf.mtu:
             attrs["mtu"] = conf.mtu
         _nl(f"create a {conf.mode} macvlan on parent #{master_index}", self.host.link, "add", **attrs)
-        index = ns.ipr.link_lookup(ifname=tmp)[0]
+        index = ns.ipr.link_lookup(ifname=req.ifname)[0]
         undo.append(lambda: ns.ipr.link("del", index=index))
-        _nl(f"rename the interface to {req.ifname}", ns.ipr.link, "set", index=index, ifname=req.ifname)
 
         ips = ipam_result.get("ips", [])
         for key, value in {**DEFAULT_SYSCTLS, **conf.sysctl}.items():
@@ -224,21 +236,27 @@ class MacvlanPlugin:
             undo.append(lambda rule=rule: ns.ipr.rule("del", **rule))  # type: ignore[misc]
         return out
 
-    def _master(self, conf: MacvlanConf) -> str:
-        names = {link.get_attr("IFLA_IFNAME") for link in self.host.get_links()}
-        return resolve_master(self.sysfs, conf.master, conf.pciAddress, conf.rdmaDevice, names)
+    def _master(self, conf: MacvlanConf) -> int:
+        """The parent's ifindex. One lookup by name; the full link dump only to explain a miss."""
+        name = resolve_master(self.sysfs, conf.master, conf.pciAddress, conf.rdmaDevice)
+        found = self.host.link_lookup(ifname=name)
+        if not found:
+            names = sorted(link.get_attr("IFLA_IFNAME") for link in self.host.get_links())
+            raise CniError(MASTER_NOT_FOUND, f"parent NIC {name!r} not found on this node",
+                           f"no such network device; interfaces here: {', '.join(names[:12]) or 'none'}")
+        return int(found[0])
 
     # ---- DEL ------------------------------------------------------------------------------
     def delete(self, req: CniRequest) -> None:
         record = self.attachments.get(req.container_id, req.ifname)
         config = record.config if record else req.config  # the cached config survives config changes
         netns = record.netns if record else req.netns
-        recorded = [ip["address"].split("/")[0] for ip in ((record.result or {}).get("ips", []) if record else [])]
-        self._remove_link(netns, req.container_id, req.ifname, recorded)
+        self._remove_link(netns, req.ifname, recorded_rules(record))
         self.ipam.delete(req, config)
         self.attachments.drop(req.container_id, req.ifname)
 
-    def _remove_link(self, netns: str, container_id: str, ifname: str, recorded_ips: list[str]) -> None:
+    def _remove_link(self, netns: str, ifname: str, rules: list[tuple[str, int]]) -> None:
+        """Delete our macvlan and its policy rules; `rules` are (source IP, table) from the record."""
         try:
             ns = NetNS(netns) if netns else None
         except FileNotFoundError:
@@ -246,26 +264,35 @@ class MacvlanPlugin:
         if ns is None:
             return
         with ns:
-            addresses = set(recorded_ips)
-            for name in (ifname, temp_name(container_id, ifname)):
-                for index in ns.ipr.link_lookup(ifname=name):
-                    link = ns.ipr.get_links(index)[0]
-                    info = link.get_attr("IFLA_LINKINFO")
-                    if info is None or info.get_attr("IFLA_INFO_KIND") != "macvlan":
-                        continue  # never delete an interface railnet did not make
-                    addresses |= {a.get_attr("IFA_ADDRESS") for a in ns.ipr.get_addr(index=index)}
-                    ns.ipr.link("del", index=index)
-            self._remove_rules(ns, addresses)
+            addresses: set[str] = set()
+            found = ns.ipr.link_lookup(ifname=ifname)
+            if found:
+                link = ns.ipr.get_links(found[0])[0]
+                info = link.get_attr("IFLA_LINKINFO")
+                if info is not None and info.get_attr("IFLA_INFO_KIND") == "macvlan":  # never delete others'
+                    if not rules:  # no record (a crash before it was written): read the addresses
+                        addresses = {a.get_attr("IFA_ADDRESS") for a in ns.ipr.get_addr(index=found[0])}
+                    ns.ipr.link("del", index=found[0])
+            # Rules outlive the link. With a record each is known; without one, search the rule list.
+            for src, table in rules or self._rules_from(ns, addresses):
+                family = socket.AF_INET6 if ":" in src else socket.AF_INET
+                try:
+                    ns.ipr.rule("del", family=family, src=src, src_len=128 if ":" in src else 32,
+                                table=table, priority=table)
+                except NetlinkError as exc:
+                    if exc.code != errno.ENOENT:
+                        raise
 
     @staticmethod
-    def _remove_rules(ns: NetNS, addresses: set[str]) -> None:
-        """Our rules are 'from <ip> lookup T' at priority T; they outlive the link, so remove them."""
+    def _rules_from(ns: NetNS, addresses: set[str]) -> list[tuple[str, int]]:
+        """Our rules are 'from <ip> lookup T' at priority T."""
+        out = []
         for family in (socket.AF_INET, socket.AF_INET6):
             for rule in ns.ipr.get_rules(family=family):
                 src, table = rule.get_attr("FRA_SRC"), rule.get_attr("FRA_TABLE")
                 if src in addresses and table == rule.get_attr("FRA_PRIORITY"):
-                    ns.ipr.rule("del", family=family, src=src, src_len=rule["src_len"], table=table,
-                                priority=table)
+                    out.append((src, table))
+        return out
 
     # ---- CHECK ----------------------------------------------------------------------------
     def check(self, req: CniRequest) -> None:
@@ -311,8 +338,7 @@ class MacvlanPlugin:
         log.info("gc: removing stale attachment %s/%s", record.container_id, record.ifname)
         stale = CniRequest("DEL", record.container_id, record.netns, record.ifname, {}, req.path, req.env,
                            record.config)
-        recorded = [ip["address"].split("/")[0] for ip in (record.result or {}).get("ips", [])]
-        self._remove_link(record.netns, record.container_id, record.ifname, recorded)
+        self._remove_link(record.netns, record.ifname, recorded_rules(record))
         self.ipam.delete(stale, record.config)
         self.attachments.drop(record.container_id, record.ifname)
 
@@ -323,6 +349,18 @@ class MacvlanPlugin:
         except CniError as exc:
             raise CniError(NOT_AVAILABLE, exc.msg, exc.details) from None
         self.ipam.status(req)
+
+
+def recorded_rules(record: Attachment | None) -> list[tuple[str, int]]:
+    """(source IP, table) of the policy rules an ADD made, read back from its recorded result."""
+    result = record.result if record else None
+    if not result:
+        return []
+    tables = {r["table"] for r in result.get("routes", []) if "table" in r}
+    ifname = record.ifname if record else ""
+    index = next((n for n, i in enumerate(result.get("interfaces", [])) if i.get("name") == ifname), None)
+    return [(ip["address"].split("/")[0], table) for ip in result.get("ips", [])
+            if ip.get("interface") == index for table in tables]
 
 
 def merge_prev(prev: Any, mine: dict[str, Any]) -> dict[str, Any]:
