@@ -3,7 +3,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DEB_PACKAGES := containernetworking-plugins iproute2 sqlite3
+DEB_PACKAGES := containernetworking-plugins iproute2 sqlite3 gcc libc6-dev
+
+CC ?= cc
+NATIVE_SHIM := cni/native/railnet-shim
 
 .PHONY: setup sysdeps test lint typecheck unit demo bench k8s-bin clean
 
@@ -21,7 +24,11 @@ sysdeps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-setup: sysdeps $(VENV)/.installed
+$(NATIVE_SHIM): cni/native/shim.c
+	@echo "==> building the native CNI shim"
+	$(CC) -O2 -Wall -Wextra -Werror -o $@ $<
+
+setup: sysdeps $(VENV)/.installed $(NATIVE_SHIM)
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -43,4 +50,4 @@ bench: setup
 	@set -e; for b in tests/bench/bench_*.py; do echo "==> $$b"; $(PY) $$b; done
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache $(NATIVE_SHIM)

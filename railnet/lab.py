@@ -146,10 +146,10 @@ class Lab:
         agent.start()
         return agent
 
-    def install_shim(self) -> Path:
+    def install_shim(self, kind: str = "auto") -> Path:
         from cni.install import install
-        bin_dir = self.tmp / "bin"
-        install(bin_dir)
+        bin_dir = self.tmp / f"bin-{kind}"
+        install(bin_dir, kind)
         return bin_dir
 
     def close(self) -> list[str]:

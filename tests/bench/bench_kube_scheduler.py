@@ -2,25 +2,35 @@
 
     .venv/bin/python tests/bench/bench_kube_scheduler.py [--nodes 1000] [--pods 5000] [--json]
 
-Starts its own dev cluster (owned by this process: it dies with it), registers the nodes, creates the
-pods from 16 keep-alive connections and follows a watch until every pod is bound (spec.nodeName set),
-then until every pod is Running (kwok). Reports wall times and pods/s. The peer in the same run is
-the API server itself: pod creation throughput is the ceiling for binding throughput, so the
-bind/create ratio says how close kube-scheduler keeps up with the arrival rate.
+Starts its own dev cluster (owned by this process: it dies with it), registers the nodes, then runs
+two phases of `--pods` pods each (every pod asks for 1 GPU + 1 RoCE NIC, 100m CPU, 128Mi):
+
+- arrival: pods are created from 16 keep-alive connections while kube-scheduler runs; reports the
+  time until every pod is bound (spec.nodeName) and Running (kwok). The peer measured in the same
+  run is the API server's pod-creation rate: binding cannot be faster than pods arrive, so
+  bind/create says how closely kube-scheduler keeps up.
+- backlog: kube-scheduler is paused (SIGSTOP) while the pods are created, then resumed; the time
+  until the last pod is bound is the scheduler's own throughput on a full queue.
+
+Bind times are taken twice: from a watch in this process, and from the server's own PodScheduled
+condition timestamps (1 s resolution), which do not depend on how fast Python reads the watch.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import datetime
 import http.client
 import json
 import os
+import signal
 import ssl
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from railnet import k8sbin  # noqa: E402
 from railnet.devcluster import DevCluster, NodeSet, Options, running_cluster  # noqa: E402
 
-NAMESPACE = "bench"
+GPUS_PER_NODE = 16  # room for both phases: 2 x 5,000 one-GPU pods on 1,000 nodes
 
 
 def _ctx(cluster: DevCluster) -> ssl.SSLContext:
@@ -38,56 +48,59 @@ def _ctx(cluster: DevCluster) -> ssl.SSLContext:
     return ctx
 
 
+def _conn(cluster: DevCluster, timeout: float = 60) -> http.client.HTTPSConnection:
+    port = cluster.state()["ports"]["apiserver"]
+    return http.client.HTTPSConnection("127.0.0.1", port, context=_ctx(cluster), timeout=timeout)
+
+
 def _pod(i: int) -> dict[str, Any]:
-    requests = {"cpu": "100m", "memory": "128Mi", "nvidia.com/gpu": "1", "rdma/roce": "1"}
+    devices = {"nvidia.com/gpu": "1", "rdma/roce": "1"}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": f"p-{i:05d}", "labels": {"app": "bench"}},
-        "spec": {"containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10",
-                                 "resources": {"requests": requests, "limits": {
-                                     "nvidia.com/gpu": "1", "rdma/roce": "1"}}}]},
+        "spec": {"containers": [{
+            "name": "main",
+            "image": "registry.k8s.io/pause:3.10",
+            "resources": {"requests": {"cpu": "100m", "memory": "128Mi", **devices}, "limits": devices},
+        }]},
     }
 
 
 class Follower(threading.Thread):
-    """Watches the namespace's pods and timestamps the moment each count is reached."""
+    """Follows one namespace's pods (list, then watch) and timestamps when all are bound / Running."""
 
-    def __init__(self, cluster: DevCluster, total: int) -> None:
+    def __init__(self, cluster: DevCluster, namespace: str, total: int) -> None:
         super().__init__(daemon=True)
-        self.cluster, self.total = cluster, total
+        self.cluster, self.namespace, self.total = cluster, namespace, total
         self.bound: set[str] = set()
         self.running: set[str] = set()
         self.all_bound_at: float | None = None
         self.all_running_at: float | None = None
-        self.first_bound_at: float | None = None
-        self.ready = threading.Event()
         self.reconnects = 0
+        self.ready = threading.Event()
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
             self._follow()
-        except BaseException as exc:  # reported by the main thread
+        except BaseException as exc:  # re-raised by the main thread
             self.error = exc
 
     def _follow(self) -> None:
         # kube-apiserver closes a watch whose client falls behind (this thread parses every event
         # in Python), so resume from the last resourceVersion seen, and re-list after 410 Gone.
-        port = self.cluster.state()["ports"]["apiserver"]
-        ctx = _ctx(self.cluster)
+        path = f"/api/v1/namespaces/{self.namespace}/pods"
         rv = ""
-        self.reconnects = 0
         while self.all_running_at is None:
-            conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=600)
+            conn = _conn(self.cluster, timeout=600)
             if not rv:
-                conn.request("GET", f"/api/v1/namespaces/{NAMESPACE}/pods")
+                conn.request("GET", path)
                 listing = json.loads(conn.getresponse().read())
                 for obj in listing["items"]:
                     self._see(obj)
                 rv = listing["metadata"]["resourceVersion"]
-            conn.request("GET", f"/api/v1/namespaces/{NAMESPACE}/pods?watch=1&resourceVersion={rv}"
-                                "&allowWatchBookmarks=true&timeoutSeconds=1800")
+            conn.request("GET", f"{path}?watch=1&resourceVersion={rv}&allowWatchBookmarks=true&timeoutSeconds=1800")
             resp = conn.getresponse()
             self.ready.set()
             while self.all_running_at is None:
@@ -106,11 +119,9 @@ class Follower(threading.Thread):
             conn.close()
 
     def _see(self, obj: dict[str, Any]) -> None:
-        name = obj["metadata"]["name"]
-        now = time.monotonic()
+        name, now = obj["metadata"]["name"], time.monotonic()
         if obj["spec"].get("nodeName") and name not in self.bound:
             self.bound.add(name)
-            self.first_bound_at = self.first_bound_at or now
             if len(self.bound) == self.total:
                 self.all_bound_at = now
         if obj.get("status", {}).get("phase") == "Running" and name not in self.running:
@@ -118,16 +129,33 @@ class Follower(threading.Thread):
             if len(self.running) == self.total:
                 self.all_running_at = now
 
+    def wait(self, deadline: float) -> None:
+        while self.all_running_at is None and self.error is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if self.error is not None:
+            raise self.error
+        if self.all_bound_at is None or self.all_running_at is None:
+            raise TimeoutError(f"{self.namespace}: {len(self.bound)} bound, {len(self.running)} Running "
+                               f"of {self.total}")
 
-def create_pods(cluster: DevCluster, total: int, workers: int = 16) -> None:
-    port = cluster.state()["ports"]["apiserver"]
-    ctx = _ctx(cluster)
+
+def create_namespace(cluster: DevCluster, name: str) -> None:
+    api = cluster.api()
+    api.request("POST", "/api/v1/namespaces", {"metadata": {"name": name}})
+    deadline = time.monotonic() + 30
+    while api.request("GET", f"/api/v1/namespaces/{name}/serviceaccounts/default")[0] != 200:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no default ServiceAccount in namespace {name}")
+        time.sleep(0.1)
+
+
+def create_pods(cluster: DevCluster, namespace: str, total: int, workers: int = 16) -> None:
     local = threading.local()
 
     def post(i: int) -> None:
         if not hasattr(local, "conn"):
-            local.conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=60)
-        local.conn.request("POST", f"/api/v1/namespaces/{NAMESPACE}/pods", json.dumps(_pod(i)),
+            local.conn = _conn(cluster)
+        local.conn.request("POST", f"/api/v1/namespaces/{namespace}/pods", json.dumps(_pod(i)),
                            {"Content-Type": "application/json", "Accept": "application/json"})
         resp = local.conn.getresponse()
         body = resp.read()
@@ -138,83 +166,101 @@ def create_pods(cluster: DevCluster, total: int, workers: int = 16) -> None:
         list(pool.map(post, range(total)))
 
 
+@contextlib.contextmanager
+def scheduler_paused(cluster: DevCluster) -> Iterator[None]:
+    pid = int(cluster.state()["processes"]["kube-scheduler"]["pid"])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def server_bind_times(cluster: DevCluster, namespace: str) -> tuple[float, dict[str, int]]:
+    """(latest PodScheduled=True timestamp, pods per node) from the server's view."""
+    last, per_node = 0.0, dict[str, int]()
+    for item in cluster.api().get(f"/api/v1/namespaces/{namespace}/pods")["items"]:
+        node = item["spec"]["nodeName"]
+        per_node[node] = per_node.get(node, 0) + 1
+        for cond in item["status"].get("conditions", []):
+            if cond["type"] == "PodScheduled" and cond["status"] == "True":
+                stamp = datetime.datetime.fromisoformat(cond["lastTransitionTime"].replace("Z", "+00:00"))
+                last = max(last, stamp.timestamp())
+    return last, per_node
+
+
+def phase(cluster: DevCluster, name: str, pods: int, backlog: bool, timeout: float) -> dict[str, Any]:
+    create_namespace(cluster, name)
+    follower = Follower(cluster, name, pods)
+    follower.start()
+    follower.ready.wait(30)
+    t0, wall0 = time.monotonic(), time.time()
+    if backlog:
+        with scheduler_paused(cluster):
+            create_pods(cluster, name, pods)
+            created = time.monotonic()
+            t0, wall0 = time.monotonic(), time.time()  # the clock starts when the scheduler resumes
+    else:
+        create_pods(cluster, name, pods)
+        created = time.monotonic()
+    follower.wait(time.monotonic() + timeout)
+    assert follower.all_bound_at is not None and follower.all_running_at is not None
+    last_bound, per_node = server_bind_times(cluster, name)
+    bound_s = follower.all_bound_at - t0
+    out: dict[str, Any] = {}
+    if not backlog:
+        create_s = created - t0
+        out.update(create_s=round(create_s, 2), create_pods_per_s=round(pods / create_s, 1))
+    out.update(
+        all_bound_s=round(bound_s, 2),
+        bind_pods_per_s=round(pods / bound_s, 1),
+        # timestamps have 1 s resolution: the last bind happened before stamp + 1 s
+        all_bound_server_le_s=round(last_bound + 1 - wall0, 1),
+        all_running_s=round(follower.all_running_at - t0, 2),
+    )
+    if not backlog:
+        out["bind_vs_create_ratio"] = round((created - t0) / bound_s, 3)
+    out.update(nodes_used=len(per_node), max_pods_per_node=max(per_node.values()),
+               watch_reconnects=follower.reconnects)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--nodes", type=int, default=1000)
-    parser.add_argument("--pods", type=int, default=5000)
+    parser.add_argument("--pods", type=int, default=5000, help="pods per phase")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
-    parser.add_argument("--timeout", type=float, default=900, help="give up after this many seconds")
+    parser.add_argument("--timeout", type=float, default=900, help="per-phase limit in seconds")
     args = parser.parse_args(argv)
 
     k8sbin.build()
-    print(f"==> bench: {args.nodes} kwok nodes, {args.pods} pods, kube-scheduler {k8sbin.KUBERNETES_VERSION}, "
-          f"{os.cpu_count()} CPUs", flush=True)
+    print(f"==> bench: {args.nodes} kwok nodes, {args.pods} pods per phase, kube-scheduler "
+          f"{k8sbin.KUBERNETES_VERSION}, {os.cpu_count()} CPUs", flush=True)
     # 1,000 nodes renewing 40 s leases would cost 100 writes/s on 2 cores; 200 s leases cost 20/s.
-    options = Options(node_lease_seconds=200, kwok_parallelism=16)
-    results: dict[str, Any] = {"nodes": args.nodes, "pods": args.pods, "kubernetes": k8sbin.KUBERNETES_VERSION,
-                               "cpus": os.cpu_count()}
+    options = Options(node_lease_seconds=200, kwok_parallelism=16, kwok_log_level="WARN")
+    results: dict[str, Any] = {"nodes": args.nodes, "pods_per_phase": args.pods,
+                               "kubernetes": k8sbin.KUBERNETES_VERSION, "cpus": os.cpu_count()}
     t_up = time.monotonic()
     with running_cluster(f"bench-{os.getpid()}", nodes=NodeSet(count=0), options=options) as cluster:
         results["cluster_up_s"] = round(time.monotonic() - t_up, 2)
         t0 = time.monotonic()
-        cluster.add_nodes(NodeSet(count=args.nodes, capacity={"cpu": "64", "memory": "512Gi", "pods": "110"}),
+        gpus = str(GPUS_PER_NODE)
+        cluster.add_nodes(NodeSet(count=args.nodes, capacity={"nvidia.com/gpu": gpus, "rdma/roce": gpus}),
                           deadline=t0 + args.timeout)
         results["nodes_ready_s"] = round(time.monotonic() - t0, 2)
-
-        api = cluster.api()
-        api.request("POST", "/api/v1/namespaces", {"metadata": {"name": NAMESPACE}})
-        deadline = time.monotonic() + 30
-        while api.request("GET", f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts/default")[0] != 200:
-            if time.monotonic() > deadline:
-                raise RuntimeError("no default ServiceAccount in the bench namespace")
-            time.sleep(0.1)
-
-        follower = Follower(cluster, args.pods)
-        follower.start()
-        follower.ready.wait(30)
-        t_create, wall_create = time.monotonic(), time.time()
-        create_pods(cluster, args.pods)
-        created_s = time.monotonic() - t_create
-        deadline = t_create + args.timeout
-        while follower.all_running_at is None and follower.error is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if follower.error is not None:
-            raise follower.error
-        if follower.all_bound_at is None or follower.all_running_at is None:
-            print(f"TIMEOUT: {len(follower.bound)} bound, {len(follower.running)} running", file=sys.stderr)
-            return 1
-        bound_s = follower.all_bound_at - t_create
-        running_s = follower.all_running_at - t_create
-        results.update(
-            create_s=round(created_s, 2),
-            create_pods_per_s=round(args.pods / created_s, 1),
-            all_bound_s=round(bound_s, 2),
-            bind_pods_per_s=round(args.pods / bound_s, 1),
-            bind_vs_create_ratio=round(created_s / bound_s, 3),
-            all_running_s=round(running_s, 2),
-            running_pods_per_s=round(args.pods / running_s, 1),
-        )
-        # Every pod is on a distinct-enough node: kube-scheduler spread them (8 GPUs per node).
-        per_node: dict[str, int] = {}
-        last_scheduled = 0.0
-        for item in api.get(f"/api/v1/namespaces/{NAMESPACE}/pods")["items"]:
-            per_node[item["spec"]["nodeName"]] = per_node.get(item["spec"]["nodeName"], 0) + 1
-            for cond in item["status"].get("conditions", []):
-                if cond["type"] == "PodScheduled" and cond["status"] == "True":
-                    stamp = datetime.datetime.fromisoformat(cond["lastTransitionTime"].replace("Z", "+00:00"))
-                    last_scheduled = max(last_scheduled, stamp.timestamp())
-        # The server's own PodScheduled timestamps (1 s resolution): independent of how fast this
-        # process reads the watch.
-        results["all_bound_server_s"] = round(last_scheduled - wall_create, 1)
-        results["watch_reconnects"] = follower.reconnects
-        results["nodes_used"] = len(per_node)
-        results["max_pods_per_node"] = max(per_node.values())
+        for name, backlog in (("arrival", False), ("backlog", True)):
+            print(f"==> phase {name}", flush=True)
+            results[name] = phase(cluster, f"bench-{name}", args.pods, backlog, args.timeout)
     if args.json:
         print(json.dumps(results))
     else:
-        width = max(map(len, results))
         for key, value in results.items():
-            print(f"  {key:{width}}  {value}")
+            if isinstance(value, dict):
+                print(f"  {key}:")
+                for k, v in value.items():
+                    print(f"    {k:22} {v}")
+            else:
+                print(f"  {key:24} {value}")
     return 0
 
 

@@ -11,6 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from cni.wire import ShimRequest, encode_request
 from railnet.lab import links_in
 from tests.netns.conftest import Env, macvlan_conf
 
@@ -91,14 +92,14 @@ def test_dropped_and_idle_clients_do_not_wedge_the_agent(env: Env) -> None:
     idle.connect(str(env.agent.socket))  # connects and says nothing
     half = socket.socket(socket.AF_UNIX)
     half.connect(str(env.agent.socket))
-    half.sendall(b'{"plugin": "railnet-macvlan", "env": {')  # then vanishes mid-request
+    half.sendall(b"RAILNET1 railnet-macvlan\nCNI_COMMAND=AD")  # then vanishes mid-request
     half.close()
     # a client that sends a whole ADD and leaves before the answer: the ADD still completes
     gone = socket.socket(socket.AF_UNIX)
     gone.connect(str(env.agent.socket))
-    request = {"plugin": "railnet-macvlan", "stdin": json.dumps(conf),
-               "env": {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "net1", "CNI_NETNS": pod}}
-    gone.sendall(json.dumps(request).encode())
+    request = ShimRequest("railnet-macvlan", {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "net1",
+                                              "CNI_NETNS": pod}, json.dumps(conf))
+    gone.sendall(encode_request(request))
     gone.shutdown(socket.SHUT_WR)
     gone.close()
     other = env.lab.netns("other")
