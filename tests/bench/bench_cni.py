@@ -34,8 +34,9 @@ def pct(values: list[float], q: float) -> float:
 
 
 class Contender:
-    def __init__(self, name: str, binary: Path, conf: dict[str, Any], cni_path: list[Path], env: dict[str, str]):
-        self.name, self.binary, self.conf, self.cni_path, self.env = name, binary, conf, cni_path, env
+    def __init__(self, name: str, binary: Path, conf: dict[str, Any], cni_path: list[Path], env: dict[str, str],
+                 tag: str):
+        self.name, self.binary, self.conf, self.cni_path, self.env, self.tag = name, binary, conf, cni_path, env, tag
         self.add: list[float] = []
         self.delete: list[float] = []
 
@@ -65,20 +66,22 @@ def shim_import_profile(shim: Path) -> str:
     return f"{len(rows) - 1} modules, {total / 1e3:.1f} ms cumulative (top: {names})"
 
 
-def agent_add_ms(log: Path, since: float) -> list[float]:
+def agent_add_ms(log: Path, since: float, cid_prefix: str) -> list[float]:
+    """The agent's own time per ADD, from its structured log."""
     out = []
     for line in log.read_text().splitlines():
         try:
             entry = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if entry.get("cmd") == "ADD" and entry.get("ts", 0) >= since and "ms" in entry:
+        if (entry.get("cmd") == "ADD" and entry.get("ts", 0) >= since and "ms" in entry
+                and str(entry.get("cid", "")).startswith(cid_prefix)):
             out.append(float(entry["ms"]))
     return out
 
 
 def throughput(contender: Contender, lab: Lab, pairs: int, callers: int) -> float:
-    namespaces = [lab.netns(f"{contender.name[:3]}t{i}") for i in range(callers)]
+    namespaces = [lab.netns(f"{contender.tag}t{i}") for i in range(callers)]
     per_caller = pairs // callers
 
     def work(i: int) -> None:
@@ -103,47 +106,51 @@ def main() -> int:
     with Lab("rnb") as lab:
         nic = lab.nic("nic")
         agent = lab.agent()
-        bin_dir = lab.install_shim()
         base = {"cniVersion": "1.0.0", "name": "bench", "master": nic, "mode": "bridge"}
         reference = Contender("reference macvlan+host-local", REFERENCE_CNI_DIR / "macvlan",
                               {**base, "type": "macvlan",
                                "ipam": {"type": "host-local", "ranges": RANGES, "dataDir": str(lab.tmp / "hl")}},
-                              [REFERENCE_CNI_DIR], {})
-        railnet = Contender("railnet-macvlan+railnet-ipam", bin_dir / "railnet-macvlan",
-                            {**base, "type": "railnet-macvlan", "ipam": {"type": "railnet-ipam", "ranges": RANGES}},
-                            [bin_dir], agent.env())
-        ref_ns, our_ns = lab.netns("ref"), lab.netns("our")
-        for _ in range(5):  # warm both (page cache, agent caches)
-            reference.cycle(ref_ns, "warm", record=False)
-            railnet.cycle(our_ns, "warm", record=False)
+                              [REFERENCE_CNI_DIR], {}, "ref")
+        ours = {**base, "type": "railnet-macvlan", "policyRouting": False,  # like for like: no policy rules
+                "ipam": {"type": "railnet-ipam", "ranges": RANGES}}
+        contenders = [reference]
+        for kind in ("native", "python"):
+            bin_dir = lab.install_shim(kind)
+            contenders.append(Contender(f"railnet ({kind} shim)", bin_dir / "railnet-macvlan", ours, [bin_dir],
+                                        agent.env(), kind))
+        namespaces = {c.tag: lab.netns(c.tag) for c in contenders}
+        for _ in range(5):  # warm all (page cache, agent caches)
+            for c in contenders:
+                c.cycle(namespaces[c.tag], f"{c.tag}-warm", record=False)
         since = time.time()
         for i in range(args.iterations):
-            pair = [(reference, ref_ns), (railnet, our_ns)]
-            for contender, ns in (pair if i % 2 == 0 else pair[::-1]):
-                contender.cycle(ns, f"it{i}")
-        agent_ms = agent_add_ms(agent.log_path, since)
+            order = contenders[i % 3:] + contenders[:i % 3]  # rotate who goes first
+            for c in order:
+                c.cycle(namespaces[c.tag], f"{c.tag}-it{i}")
 
-        print(f"CNI latency, {args.iterations} interleaved ADD+DEL cycles each, cniVersion 1.0.0, load avg "
-              f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
-        print(f"{'plugin':<32}{'ADD p50':>9}{'ADD p99':>9}{'DEL p50':>9}{'DEL p99':>9}  (ms)")
-        for c in (reference, railnet):
+        print(f"CNI latency, {args.iterations} interleaved ADD+DEL cycles each, cniVersion 1.0.0, "
+              f"load avg {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+        print(f"{'plugin':<32}{'ADD p50':>9}{'ADD p99':>9}{'DEL p50':>9}{'DEL p99':>9}   ratios vs reference")
+        for c in contenders:
+            ratios = [pct(c.add, .5) / pct(reference.add, .5), pct(c.add, .99) / pct(reference.add, .99),
+                      pct(c.delete, .5) / pct(reference.delete, .5), pct(c.delete, .99) / pct(reference.delete, .99)]
             print(f"{c.name:<32}{pct(c.add, .5):>9.2f}{pct(c.add, .99):>9.2f}{pct(c.delete, .5):>9.2f}"
-                  f"{pct(c.delete, .99):>9.2f}")
-        ratio = {k: pct(getattr(railnet, a), q) / pct(getattr(reference, a), q)
-                 for k, a, q in (("ADD p50", "add", .5), ("ADD p99", "add", .99), ("DEL p50", "delete", .5),
-                                 ("DEL p99", "delete", .99))}
-        print("ratio railnet/reference: " + ", ".join(f"{k} {v:.2f}" for k, v in ratio.items())
-              + f"  (target ADD p50 <= 1.0: {'met' if ratio['ADD p50'] <= 1.0 else 'NOT met'})")
-        agent_p50 = statistics.median(agent_ms) if agent_ms else float("nan")
-        add_p50 = pct(railnet.add, .5)
-        print(f"railnet ADD p50 {add_p50:.2f} ms = agent {agent_p50:.2f} ms + shim/exec/socket "
-              f"{add_p50 - agent_p50:.2f} ms (shim share {(add_p50 - agent_p50) / add_p50:.0%})")
-        print(f"shim imports: {shim_import_profile(bin_dir / 'railnet-macvlan')}")
+                  f"{pct(c.delete, .99):>9.2f}   " + " ".join(f"{r:.2f}" for r in ratios))
+        native = contenders[1]
+        ratio = pct(native.add, .5) / pct(reference.add, .5)
+        print(f"target ADD p50 ratio <= 1.0 (native shim): {ratio:.2f} -> {'met' if ratio <= 1.0 else 'NOT met'}")
+        for c in contenders[1:]:
+            agent_p50 = statistics.median(agent_add_ms(agent.log_path, since, c.tag))
+            add_p50 = pct(c.add, .5)
+            print(f"{c.name}: ADD p50 {add_p50:.2f} ms = agent {agent_p50:.2f} ms + shim, exec and socket "
+                  f"{add_p50 - agent_p50:.2f} ms (shim share {(add_p50 - agent_p50) / add_p50:.0%})")
+        print(f"python shim imports: {shim_import_profile(contenders[2].binary)}")
 
-        ref_tp = throughput(reference, lab, args.pairs, args.callers)
-        our_tp = throughput(railnet, lab, args.pairs, args.callers)
+        for c in (reference, native):
+            c.throughput = throughput(c, lab, args.pairs, args.callers)  # type: ignore[attr-defined]
+        ref_tp, our_tp = reference.throughput, native.throughput  # type: ignore[attr-defined]
         print(f"throughput, {args.pairs} ADD/DEL pairs from {args.callers} parallel callers: reference "
-              f"{ref_tp:.1f} pairs/s, railnet {our_tp:.1f} pairs/s, ratio railnet/reference {our_tp / ref_tp:.2f}")
+              f"{ref_tp:.1f} pairs/s, railnet (native shim) {our_tp:.1f} pairs/s, ratio {our_tp / ref_tp:.2f}")
     return 0
 
 
