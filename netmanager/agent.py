@@ -24,6 +24,7 @@ from typing import Any
 
 from cni.attachments import AttachmentStore
 from cni.dispatch import Dispatcher
+from cni.wire import ShimRequest, WireError, decode_request, encode_reply
 from ipam.plugin import IpamService
 from ipam.pools import PoolRegistry
 from ipam.store import Database, IpamStore
@@ -73,19 +74,18 @@ class Agent:
         self.dispatcher = Dispatcher(IpamService(self.ipam_store, PoolRegistry(pools_dir)), self.attachments, sysfs)
         self.locks = KeyedLocks()
 
-    def serve_one(self, request: dict[str, Any]) -> dict[str, Any]:
-        env = {str(k): str(v) for k, v in (request.get("env") or {}).items()}
-        plugin = str(request.get("plugin", ""))
+    def serve_one(self, request: ShimRequest) -> tuple[int, str]:
+        env, plugin = request.env, request.plugin
         started = time.perf_counter()
         with self.locks.hold(env.get("CNI_CONTAINERID", "")):
-            code, stdout = self.dispatcher.handle(plugin, env, str(request.get("stdin", "")))
+            code, stdout = self.dispatcher.handle(plugin, env, request.stdin)
         fields = {"plugin": plugin, "cmd": env.get("CNI_COMMAND"), "cid": env.get("CNI_CONTAINERID"),
                   "ifname": env.get("CNI_IFNAME"), "ms": round((time.perf_counter() - started) * 1e3, 2),
                   "exit": code}
         if code:
             fields["error"] = json.loads(stdout).get("msg") if stdout else ""
         log.info("cni request", extra={"fields": fields})
-        return {"code": code, "stdout": stdout}
+        return code, stdout
 
 
 class _Handler(socketserver.BaseRequestHandler):
@@ -98,18 +98,19 @@ class _Handler(socketserver.BaseRequestHandler):
             while chunk := self.request.recv(65536):
                 data += chunk
                 if len(data) > MAX_REQUEST:
-                    raise ValueError("request too large")
-            request = json.loads(data)
-        except (OSError, ValueError) as exc:
+                    raise WireError("request too large")
+            request = decode_request(data)
+        except (OSError, WireError) as exc:
             log.warning("bad request from shim: %s", exc)
             return
-        reply = self.server.agent.serve_one(request)
+        code, stdout = self.server.agent.serve_one(request)
         try:
-            self.request.sendall(json.dumps(reply).encode())
+            self.request.sendall(encode_reply(code, stdout))
         except OSError:
             # The shim went away mid-request. The work is done and recorded; the runtime will
             # retry or DEL, and both converge because every step is idempotent.
-            log.warning("client left before the reply", extra={"fields": {"cid": request.get("env", {}).get("CNI_CONTAINERID")}})
+            log.warning("client left before the reply",
+                        extra={"fields": {"cid": request.env.get("CNI_CONTAINERID")}})
 
 
 class AgentServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
