@@ -24,7 +24,7 @@ def exec_plugin(plugin_type: str, command: str, config: dict[str, Any], env: dic
     """Run the plugin; return its parsed stdout (None when empty) or raise its error as ours."""
     cni_path = [p for p in env.get("CNI_PATH", "").split(":") if p]
     binary = find_plugin(plugin_type, cni_path)
-    child_env = {k: v for k, v in env.items() if k.startswith("CNI_") or k == "PATH"}
+    child_env = {k: v for k, v in env.items() if k.startswith(("CNI_", "RAILNET_")) or k == "PATH"}
     child_env["CNI_COMMAND"] = command
     child_env.setdefault("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
     try:

@@ -18,6 +18,7 @@ import pytest
 from railnet.lab import REFERENCE_CNI_DIR, AgentProcess, Lab, PluginCall, ip, links_in, run_plugin
 
 PREFIX = "rnt"
+_prefixes: set[str] = set()  # labs made by this test session (another run may be going on beside it)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -33,9 +34,10 @@ def _root_and_no_leftovers() -> Iterator[None]:
     if not (REFERENCE_CNI_DIR / "macvlan").exists():
         pytest.fail(f"reference CNI plugins missing in {REFERENCE_CNI_DIR}: apt-get install containernetworking-plugins")
     yield
-    left = [n for n in ip("netns", "list").split() if n.startswith(PREFIX)]
+    mine = tuple(_prefixes) or ("\0",)
+    left = [n for n in ip("netns", "list").split() if n.startswith(mine)]
     left += [line.split(":")[1].strip() for line in ip("-o", "link").splitlines()
-             if line.split(":")[1].strip().startswith(PREFIX)]
+             if line.split(":")[1].strip().startswith(mine)]
     assert not left, f"tests left these behind: {left}"
 
 
@@ -75,6 +77,7 @@ class Env:
 @pytest.fixture
 def lab() -> Iterator[Lab]:
     with Lab(PREFIX) as lab:
+        _prefixes.add(lab.prefix)
         yield lab
 
 

@@ -1,0 +1,86 @@
+"""Running a network config list the way libcni does (the runtime's side of the spec).
+
+railnet's meta plugin uses it to delegate to the primary network; tests use it to run real
+conflists. ADD runs the plugins in order, each getting the previous result as `prevResult`;
+DEL runs them in reverse with the final ADD result; CHECK passes the final result to each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from cni.delegate import exec_plugin
+from cni.errors import INCOMPATIBLE_VERSION, INVALID_CONFIG, CniError
+from cni.versions import SUPPORTED
+
+
+def _key(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split("."))
+
+
+def negotiate(conflist: dict[str, Any]) -> str:
+    """`cniVersions` (1.1.0): the highest version both sides know; else the list's `cniVersion`."""
+    offered = conflist.get("cniVersions")
+    if isinstance(offered, list) and offered:
+        common = [v for v in offered if v in SUPPORTED]
+        if not common:
+            raise CniError(INCOMPATIBLE_VERSION, f"no common CNI version in cniVersions {offered}",
+                           f"railnet supports {', '.join(SUPPORTED)}")
+        return str(max(common, key=_key))
+    version = conflist.get("cniVersion")
+    if version not in SUPPORTED:
+        raise CniError(INCOMPATIBLE_VERSION, f"unsupported cniVersion {version!r}")
+    return str(version)
+
+
+def plugin_config(conflist: dict[str, Any], plugin: dict[str, Any], version: str,
+                  prev: dict[str, Any] | None) -> dict[str, Any]:
+    conf = {**plugin, "name": conflist["name"], "cniVersion": version}
+    if prev is not None:
+        conf["prevResult"] = prev
+    return conf
+
+
+def _plugins(conflist: dict[str, Any]) -> list[dict[str, Any]]:
+    plugins = conflist.get("plugins")
+    if not isinstance(plugins, list) or not plugins or not conflist.get("name"):
+        raise CniError(INVALID_CONFIG, "a network config list needs 'name' and a non-empty 'plugins' list")
+    return plugins
+
+
+def add(conflist: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    """ADD through every plugin; on a failure DEL the ones already added (spec section 4)."""
+    version = negotiate(conflist)
+    prev: dict[str, Any] | None = None
+    done: list[dict[str, Any]] = []
+    for plugin in _plugins(conflist):
+        conf = plugin_config(conflist, plugin, version, prev)
+        try:
+            prev = exec_plugin(plugin["type"], "ADD", conf, env) or prev
+        except CniError:
+            for undo in reversed(done):
+                with contextlib.suppress(CniError):  # best effort: the ADD error is what matters
+                    exec_plugin(undo["type"], "DEL", plugin_config(conflist, undo, version, prev), env)
+            raise
+        done.append(plugin)
+    return prev or {"cniVersion": version}
+
+
+def delete(conflist: dict[str, Any], env: dict[str, str], result: dict[str, Any] | None) -> None:
+    """DEL in reverse order; every plugin runs even if one fails, and the first error is raised."""
+    version = negotiate(conflist)
+    first: CniError | None = None
+    for plugin in reversed(_plugins(conflist)):
+        try:
+            exec_plugin(plugin["type"], "DEL", plugin_config(conflist, plugin, version, result), env)
+        except CniError as exc:
+            first = first or exc
+    if first is not None:
+        raise first
+
+
+def check(conflist: dict[str, Any], env: dict[str, str], result: dict[str, Any]) -> None:
+    version = negotiate(conflist)
+    for plugin in _plugins(conflist):
+        exec_plugin(plugin["type"], "CHECK", plugin_config(conflist, plugin, version, result), env)
