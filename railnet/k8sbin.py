@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         for comp in COMPONENTS:
             for name in comp.binaries:
                 state = "missing" if name in absent else "built"
-                print(f"{name:24} {comp.module}@{comp.version:10} {state}")
+                print(f"{name:24} {comp.module + '@' + comp.version:38} {state}")
         print(f"directory: {directory}")
         return 1 if absent else 0
     try:

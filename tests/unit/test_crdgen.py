@@ -113,3 +113,32 @@ def test_ippool_model_validates() -> None:
     ):
         with pytest.raises(ValueError):
             IPPoolSpec.model_validate(bad)
+
+
+def test_examples_validate_against_the_models() -> None:
+    import json
+
+    from netmanager.topology.model import NodeTopology
+
+    examples = sorted((crdgen.REPO / "deploy" / "examples").glob("*.yaml"))
+    assert examples
+    kinds = set()
+    for path in examples:
+        for doc in yaml.safe_load_all(path.read_text()):
+            kinds.add(doc["kind"])
+            if doc["kind"] == "IPPool":
+                IPPool.model_validate(doc)
+            elif doc["kind"] == "NodeTopology":
+                NodeTopology.model_validate(doc["spec"])
+            elif doc["kind"] == "NetworkAttachmentDefinition":
+                assert json.loads(doc["spec"]["config"])["name"] == doc["metadata"]["name"]
+    assert kinds == {"IPPool", "NodeTopology", "NetworkAttachmentDefinition"}
+
+
+def test_ippool_exclude_accepts_spans() -> None:
+    spec = IPPoolSpec.model_validate({"subnet": "10.1.0.0/24", "exclude": ["10.1.0.20-10.1.0.29", "10.1.0.64/28"]})
+    assert spec.exclude[0] == "10.1.0.20-10.1.0.29"
+    with pytest.raises(ValueError, match="start must not be above end"):
+        IPPoolSpec.model_validate({"subnet": "10.1.0.0/24", "exclude": ["10.1.0.29-10.1.0.20"]})
+    with pytest.raises(ValueError, match="not inside subnet"):
+        IPPoolSpec.model_validate({"subnet": "10.1.0.0/24", "exclude": ["10.1.0.250-10.1.1.5"]})
