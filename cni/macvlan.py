@@ -180,11 +180,17 @@ class MacvlanPlugin:
         undo.append(lambda: ns.ipr.link("del", index=index))
 
         ips = ipam_result.get("ips", [])
-        for key, value in {**DEFAULT_SYSCTLS, **conf.sysctl}.items():
-            ns.sysctl(f"ipv4.conf.{req.ifname}.{key}", value)
+        settings = {f"ipv4.conf.{req.ifname}.{k}": v for k, v in {**DEFAULT_SYSCTLS, **conf.sysctl}.items()}
         if any(ipaddress.ip_interface(ip["address"]).version == 6 for ip in ips):
-            for key, value in DEFAULT_SYSCTLS_V6.items():
-                ns.sysctl(f"ipv6.conf.{req.ifname}.{key}", value)
+            settings.update({f"ipv6.conf.{req.ifname}.{k}": v for k, v in DEFAULT_SYSCTLS_V6.items()})
+        for key, value in settings.items():
+            try:
+                ns.sysctl(key, value)
+            except FileNotFoundError:
+                raise CniError(INVALID_CONFIG, f"unknown sysctl net.{key}",
+                               "'sysctl' takes per-interface IPv4 keys such as arp_ignore") from None
+            except OSError as exc:
+                raise CniError(KERNEL_REFUSED, f"kernel refused sysctl net.{key}={value}", exc.strerror or "") from None
         for ip in ips:
             iface = ipaddress.ip_interface(ip["address"])
             _nl(f"add address {iface}", ns.ipr.addr, "add", index=index, address=str(iface.ip),

@@ -57,6 +57,8 @@ CASES: list[tuple[str, Any, dict[str, str], int, tuple[str, ...]]] = [
     ("unknown-pool", {"ipam": {"type": "railnet-ipam", "pool": "nope"}}, {}, errors.INVALID_CONFIG, ("nope",)),
     ("unknown-ipam-plugin", {"ipam": {"type": "no-such-ipam"}}, {}, errors.INVALID_CONFIG, ("no-such-ipam",)),
     ("mac-in-passthru", {"mode": "passthru", "mac": "02:00:00:00:00:09"}, {}, errors.INVALID_CONFIG, ("passthru",)),
+    ("unknown-sysctl", {"sysctl": {"no_such_knob": "1"}}, {}, errors.INVALID_CONFIG, ("no_such_knob",)),
+    ("refused-sysctl", {"sysctl": {"arp_ignore": "banana"}}, {}, errors.KERNEL_REFUSED, ("arp_ignore",)),
     ("bad-cni-args", None, {"CNI_ARGS": "novalue"}, errors.INVALID_ENVIRONMENT, ("CNI_ARGS",)),
 ]
 
