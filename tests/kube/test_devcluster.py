@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -26,9 +28,24 @@ def _cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
 
-def _port_closed(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
+def _our_listeners(ports: Iterable[int], groups: Iterable[int]) -> list[str]:
+    """Listening sockets on `ports` held by a process of one of the process groups (ours were leaders).
+
+    Another program on the machine may legitimately reuse a freed ephemeral port, so a port being
+    open is not by itself a leak; a listener in one of our process groups is.
+    """
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
+    groups, wanted = set(groups), {str(p) for p in ports}
+    leaks = []
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) < 6 or fields[3].rsplit(":", 1)[-1] not in wanted:
+            continue
+        for pid in re.findall(r"pid=(\d+)", fields[5]):
+            with contextlib.suppress(ProcessLookupError):
+                if os.getpgid(int(pid)) in groups:
+                    leaks.append(line)
+    return leaks
 
 
 def _sleeper() -> tuple[subprocess.Popen[bytes], dict[str, object]]:
@@ -74,8 +91,7 @@ def test_cli_up_status_down(tmp_path: Path) -> None:
     assert not stale_dir.exists()
     for proc in state["processes"].values():
         assert not _alive(proc["pid"], proc["start"])
-    for port in state["ports"].values():
-        assert _port_closed(port), f"port {port} still open"
+    assert not _our_listeners(state["ports"].values(), (p["pid"] for p in state["processes"].values()))
     assert _cli("status", "--name", "cli", home=home).returncode == 1
 
 
@@ -112,8 +128,7 @@ def test_cluster_of_a_killed_test_run_dies_and_is_reaped(tmp_path: Path, monkeyp
         procs = state["processes"].values()
         wait_for(lambda: not any(_alive(p["pid"], p["start"]) for p in procs), 10,
                  "PR_SET_PDEATHSIG to kill the cluster of the dead run")
-        for port in state["ports"].values():
-            assert _port_closed(port), f"port {port} still open"
+        assert not _our_listeners(state["ports"].values(), (p["pid"] for p in procs))
         assert (home / "victim").exists()  # nobody has cleaned the disk yet...
         monkeypatch.setenv(devcluster.ENV_HOME, str(home))
         assert devcluster.reap_orphans(log=lambda _: None) == [home / "victim"]  # ...the next `up` does
