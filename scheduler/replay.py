@@ -127,12 +127,16 @@ class ReplayResult:
     seconds: float
 
     def allocation_at(self, checkpoint: int) -> float | None:
-        """FGD's merge rule: mean allocation % over samples whose arrived % rounds to the checkpoint."""
+        """FGD's merge rule: mean allocation % over samples whose arrived % rounds to the checkpoint
+        (else within one point of it, else the nearest sample)."""
         cap = self.capacity_milli
         points = [(round(100 * a / cap), 100 * b / cap) for a, b in self.samples]
         hits = [alloc for arrived, alloc in points if arrived == checkpoint]
         if not hits:
             hits = [alloc for arrived, alloc in points if checkpoint - 1 <= arrived <= checkpoint + 1]
+        if not hits and points:  # tiny traces step over the window: take the nearest sample
+            exact = [(abs(100 * a / cap - checkpoint), 100 * b / cap) for a, b in self.samples]
+            hits = [min(exact)[1]]
         return sum(hits) / len(hits) if hits else None
 
     def allocation_at_crossing(self, checkpoint: int) -> float | None:
