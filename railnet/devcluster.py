@@ -92,10 +92,16 @@ def home() -> Path:
 
 def _write_pki(pki: Path) -> None:
     """CA, apiserver serving cert, admin client cert (system:masters), service-account key pair."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    except ImportError:
+        raise DevClusterError(
+            "the dev cluster makes its certificates with the `cryptography` package, which is not "
+            "installed: pip install 'cryptography>=42' (part of railnet's dev and kube extras)"
+        ) from None
 
     pki.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
