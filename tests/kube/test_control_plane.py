@@ -238,3 +238,15 @@ def test_service_gets_endpointslice_for_kwok_pod(api_client: client.ApiClient, c
     node = core.read_node(pod.spec.node_name)
     prefix = node.spec.pod_cidr.rsplit(".", 1)[0]
     assert pod.status.pod_ip.startswith(prefix + ".")
+
+
+def test_apply_fixture_creates_deploy_manifests(apply: Callable[..., list[Any]], custom: client.CustomObjectsApi,
+                                               namespace: str, railnet_crds: Any) -> None:
+    (nad,) = apply("examples/network-attachment-rail0.yaml")
+    assert nad.metadata.namespace == namespace
+    stored = custom.get_namespaced_custom_object("k8s.cni.cncf.io", "v1", namespace,
+                                                 "network-attachment-definitions", "rail0")
+    assert '"type": "railnet-macvlan"' in stored["spec"]["config"]
+    # Applying again is a no-op, not a conflict (server-side apply, one field manager).
+    (again,) = apply("examples/network-attachment-rail0.yaml")
+    assert again.metadata.resourceVersion == nad.metadata.resourceVersion
