@@ -59,11 +59,18 @@ def _pod(i: int) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": f"p-{i:05d}", "labels": {"app": "bench"}},
-        "spec": {"containers": [{
-            "name": "main",
-            "image": "registry.k8s.io/pause:3.10",
-            "resources": {"requests": {"cpu": "100m", "memory": "128Mi", **devices}, "limits": devices},
-        }]},
+        "spec": {
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "registry.k8s.io/pause:3.10",
+                    "resources": {
+                        "requests": {"cpu": "100m", "memory": "128Mi", **devices},
+                        "limits": devices,
+                    },
+                }
+            ]
+        },
     }
 
 
@@ -100,7 +107,9 @@ class Follower(threading.Thread):
                 for obj in listing["items"]:
                     self._see(obj)
                 rv = listing["metadata"]["resourceVersion"]
-            conn.request("GET", f"{path}?watch=1&resourceVersion={rv}&allowWatchBookmarks=true&timeoutSeconds=1800")
+            conn.request(
+                "GET", f"{path}?watch=1&resourceVersion={rv}&allowWatchBookmarks=true&timeoutSeconds=1800"
+            )
             resp = conn.getresponse()
             self.ready.set()
             while self.all_running_at is None:
@@ -135,8 +144,9 @@ class Follower(threading.Thread):
         if self.error is not None:
             raise self.error
         if self.all_bound_at is None or self.all_running_at is None:
-            raise TimeoutError(f"{self.namespace}: {len(self.bound)} bound, {len(self.running)} Running "
-                               f"of {self.total}")
+            raise TimeoutError(
+                f"{self.namespace}: {len(self.bound)} bound, {len(self.running)} Running of {self.total}"
+            )
 
 
 def create_namespace(cluster: DevCluster, name: str) -> None:
@@ -155,8 +165,12 @@ def create_pods(cluster: DevCluster, namespace: str, total: int, workers: int = 
     def post(i: int) -> None:
         if not hasattr(local, "conn"):
             local.conn = _conn(cluster)
-        local.conn.request("POST", f"/api/v1/namespaces/{namespace}/pods", json.dumps(_pod(i)),
-                           {"Content-Type": "application/json", "Accept": "application/json"})
+        local.conn.request(
+            "POST",
+            f"/api/v1/namespaces/{namespace}/pods",
+            json.dumps(_pod(i)),
+            {"Content-Type": "application/json", "Accept": "application/json"},
+        )
         resp = local.conn.getresponse()
         body = resp.read()
         if resp.status != 201:
@@ -220,8 +234,11 @@ def phase(cluster: DevCluster, name: str, pods: int, backlog: bool, timeout: flo
     )
     if not backlog:
         out["bind_vs_create_ratio"] = round((created - t0) / bound_s, 3)
-    out.update(nodes_used=len(per_node), max_pods_per_node=max(per_node.values()),
-               watch_reconnects=follower.reconnects)
+    out.update(
+        nodes_used=len(per_node),
+        max_pods_per_node=max(per_node.values()),
+        watch_reconnects=follower.reconnects,
+    )
     return out
 
 
@@ -234,19 +251,28 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     k8sbin.build()
-    print(f"==> bench: {args.nodes} kwok nodes, {args.pods} pods per phase, kube-scheduler "
-          f"{k8sbin.KUBERNETES_VERSION}, {os.cpu_count()} CPUs", flush=True)
+    print(
+        f"==> bench: {args.nodes} kwok nodes, {args.pods} pods per phase, kube-scheduler "
+        f"{k8sbin.KUBERNETES_VERSION}, {os.cpu_count()} CPUs",
+        flush=True,
+    )
     # 1,000 nodes renewing 40 s leases would cost 100 writes/s on 2 cores; 200 s leases cost 20/s.
     options = Options(node_lease_seconds=200, kwok_parallelism=16, kwok_log_level="WARN")
-    results: dict[str, Any] = {"nodes": args.nodes, "pods_per_phase": args.pods,
-                               "kubernetes": k8sbin.KUBERNETES_VERSION, "cpus": os.cpu_count()}
+    results: dict[str, Any] = {
+        "nodes": args.nodes,
+        "pods_per_phase": args.pods,
+        "kubernetes": k8sbin.KUBERNETES_VERSION,
+        "cpus": os.cpu_count(),
+    }
     t_up = time.monotonic()
     with running_cluster(f"bench-{os.getpid()}", nodes=NodeSet(count=0), options=options) as cluster:
         results["cluster_up_s"] = round(time.monotonic() - t_up, 2)
         t0 = time.monotonic()
         gpus = str(GPUS_PER_NODE)
-        cluster.add_nodes(NodeSet(count=args.nodes, capacity={"nvidia.com/gpu": gpus, "rdma/roce": gpus}),
-                          deadline=t0 + args.timeout)
+        cluster.add_nodes(
+            NodeSet(count=args.nodes, capacity={"nvidia.com/gpu": gpus, "rdma/roce": gpus}),
+            deadline=t0 + args.timeout,
+        )
         results["nodes_ready_s"] = round(time.monotonic() - t0, 2)
         for name, backlog in (("arrival", False), ("backlog", True)):
             print(f"==> phase {name}", flush=True)
