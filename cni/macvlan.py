@@ -20,7 +20,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from cni.attachments import Attachment, AttachmentStore
 from cni.errors import (
@@ -36,6 +35,7 @@ from cni.ipam_calls import IpamCalls
 from cni.master import resolve_master
 from cni.netns import NetNS
 from cni.request import CniRequest
+from cni.rtnl import RT_SCOPE_LINK, Rtnl, RtnlError
 from cni.versions import canonical_result
 from ipam.config import validation_error
 from ipam.plugin import valid_attachments
@@ -102,16 +102,12 @@ def parse_conf(config: dict[str, Any]) -> MacvlanConf:
         raise validation_error("railnet-macvlan config", exc) from None
 
 
-def _kernel(what: str, exc: NetlinkError) -> CniError:
-    return CniError(KERNEL_REFUSED, f"kernel refused to {what}", f"netlink error {exc.code}: {exc.args[-1]}")
-
-
 def _nl(what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """One netlink request; a refusal becomes a CNI error that names the step."""
     try:
         return call(*args, **kwargs)
-    except NetlinkError as exc:
-        raise _kernel(what, exc) from None
+    except RtnlError as exc:
+        raise CniError(KERNEL_REFUSED, f"kernel refused to {what}", f"{exc.strerror} (errno {exc.errno})") from None
 
 
 class MacvlanPlugin:
@@ -122,13 +118,13 @@ class MacvlanPlugin:
         self._local = threading.local()
 
     @property
-    def host(self) -> Any:
-        """A netlink socket in the agent's own namespace (where the NICs live), one per thread:
-        a pyroute2 socket shared between threads would serialise every request on it."""
-        ipr = getattr(self._local, "ipr", None)
-        if ipr is None:
-            ipr = self._local.ipr = IPRoute()
-        return ipr
+    def host(self) -> Rtnl:
+        """A netlink socket in the agent's own namespace (where the NICs live), one per thread,
+        so concurrent requests never wait on each other's socket."""
+        rtnl: Rtnl | None = getattr(self._local, "rtnl", None)
+        if rtnl is None:
+            rtnl = self._local.rtnl = Rtnl()
+        return rtnl
 
     # ---- ADD ------------------------------------------------------------------------------
     def add(self, req: CniRequest) -> dict[str, Any]:
@@ -143,9 +139,6 @@ class MacvlanPlugin:
                            "DEL it before adding it again")
         undo: list[Callable[[], object]] = []
         with NetNS(req.netns) as ns:
-            if ns.ipr.link_lookup(ifname=req.ifname):
-                raise CniError(INTERFACE_EXISTS, f"interface {req.ifname} already exists in {req.netns}",
-                               "choose another CNI_IFNAME or remove the interface")
             if not self.attachments.begin(req.container_id, req.ifname, conf.name, req.netns, req.config):
                 raise CniError(INTERFACE_EXISTS, f"attachment {req.container_id}/{req.ifname} already exists",
                                "DEL it before adding it again")
@@ -175,9 +168,18 @@ class MacvlanPlugin:
             attrs["address"] = mac
         if conf.mtu:
             attrs["mtu"] = conf.mtu
-        _nl(f"create a {conf.mode} macvlan on parent #{master_index}", self.host.link, "add", **attrs)
-        index = ns.ipr.link_lookup(ifname=req.ifname)[0]
-        undo.append(lambda: ns.ipr.link("del", index=index))
+        try:
+            self.host.add_macvlan(req.ifname, master_index, conf.mode, ns.fd, conf.mtu, mac)
+        except RtnlError as exc:
+            if exc.errno == errno.EEXIST:
+                raise CniError(INTERFACE_EXISTS, f"interface {req.ifname} already exists in {req.netns}",
+                               "choose another CNI_IFNAME or remove the interface") from None
+            raise CniError(KERNEL_REFUSED, f"kernel refused to create a {conf.mode} macvlan on parent "
+                           f"#{master_index}", f"{exc.strerror} (errno {exc.errno})") from None
+        link = ns.rtnl.link(req.ifname)
+        assert link is not None
+        index = link.index
+        undo.append(lambda: ns.rtnl.delete_link(index))
 
         ips = ipam_result.get("ips", [])
         settings = {f"ipv4.conf.{req.ifname}.{k}": v for k, v in {**DEFAULT_SYSCTLS, **conf.sysctl}.items()}
@@ -193,23 +195,20 @@ class MacvlanPlugin:
                 raise CniError(KERNEL_REFUSED, f"kernel refused sysctl net.{key}={value}", exc.strerror or "") from None
         for ip in ips:
             iface = ipaddress.ip_interface(ip["address"])
-            _nl(f"add address {iface}", ns.ipr.addr, "add", index=index, address=str(iface.ip),
-                prefixlen=iface.network.prefixlen)
-        _nl("bring the interface up", ns.ipr.link, "set", index=index, state="up")
+            _nl(f"add address {iface}", ns.rtnl.add_address, index, iface)
+        _nl("bring the interface up", ns.rtnl.set_up, index)
 
         gateways = {ipaddress.ip_interface(ip["address"]).version: ip["gateway"] for ip in ips if ip.get("gateway")}
         routes = []
         for route in ipam_result.get("routes", []):
             dst = ipaddress.ip_network(route["dst"], strict=False)
             gw = route.get("gw") or gateways.get(dst.version)
-            _nl(f"add route {dst} via {gw}", ns.ipr.route, "add", dst=str(dst), gateway=gw, oif=index)
+            _nl(f"add route {dst} via {gw}", ns.rtnl.add_route, dst, index, gateway=gw)
             routes.append(dict(route))  # reported as configured; installed via the family's gateway
         if conf.policyRouting:
             routes += self._policy_routes(ns, index, ips, conf.routeTableBase + index, undo)
 
-        link = ns.ipr.get_links(index)[0]
-        iface_result: dict[str, Any] = {"name": req.ifname, "mac": link.get_attr("IFLA_ADDRESS"),
-                                        "mtu": link.get_attr("IFLA_MTU"), "sandbox": req.netns}
+        iface_result: dict[str, Any] = {"name": req.ifname, "mac": link.mac, "mtu": link.mtu, "sandbox": req.netns}
         mine = {"interfaces": [iface_result], "ips": [dict(ip) for ip in ips], "routes": routes,
                 "dns": ipam_result.get("dns") or {}}
         return merge_prev(req.config.get("prevResult"), mine)
@@ -225,32 +224,31 @@ class MacvlanPlugin:
         for ip in ips:
             iface = ipaddress.ip_interface(ip["address"])
             v4 = iface.version == 4
-            family = socket.AF_INET if v4 else socket.AF_INET6
             # IPv6 refuses a preferred source that is still in DAD; the source rule pins the NIC anyway.
-            extra: dict[str, Any] = {"prefsrc": str(iface.ip), "scope": 253} if v4 else {}
-            _nl(f"add route {iface.network} to table {table}", ns.ipr.route, "add", dst=str(iface.network),
-                oif=index, table=table, **extra)
-            out.append({"dst": str(iface.network), "table": table, **({"scope": 253} if v4 else {})})
+            scope = RT_SCOPE_LINK if v4 else 0
+            _nl(f"add route {iface.network} to table {table}", ns.rtnl.add_route, iface.network, index,
+                table=table, prefsrc=str(iface.ip) if v4 else None, scope=scope)
+            out.append({"dst": str(iface.network), "table": table, **({"scope": scope} if v4 else {})})
             if ip.get("gateway"):
-                default = "0.0.0.0/0" if v4 else "::/0"
-                _nl(f"add default route via {ip['gateway']} to table {table}", ns.ipr.route, "add",
-                    dst=default, gateway=ip["gateway"], oif=index, table=table)
-                out.append({"dst": default, "gw": ip["gateway"], "table": table})
-            rule = {"family": family, "src": str(iface.ip), "src_len": iface.max_prefixlen,
-                    "table": table, "priority": table}
-            _nl(f"add rule from {iface.ip} lookup {table}", ns.ipr.rule, "add", **rule)
-            undo.append(lambda rule=rule: ns.ipr.rule("del", **rule))  # type: ignore[misc]
+                default = ipaddress.ip_network("0.0.0.0/0" if v4 else "::/0")
+                _nl(f"add default route via {ip['gateway']} to table {table}", ns.rtnl.add_route, default, index,
+                    gateway=ip["gateway"], table=table)
+                out.append({"dst": str(default), "gw": ip["gateway"], "table": table})
+            src = str(iface.ip)
+            _nl(f"add rule from {src} lookup {table}", ns.rtnl.add_rule, src, table, table)
+            undo.append(lambda src=src: ns.rtnl.delete_rule(src, table, table))  # type: ignore[misc]
         return out
 
     def _master(self, conf: MacvlanConf) -> int:
-        """The parent's ifindex. One lookup by name; the full link dump only to explain a miss."""
+        """The parent's ifindex. One lookup by name; the full link list only to explain a miss."""
         name = resolve_master(self.sysfs, conf.master, conf.pciAddress, conf.rdmaDevice)
-        found = self.host.link_lookup(ifname=name)
-        if not found:
-            names = sorted(link.get_attr("IFLA_IFNAME") for link in self.host.get_links())
+        link = self.host.link(name)
+        if link is None:
+            with IPRoute() as ipr:
+                names = sorted(str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links())
             raise CniError(MASTER_NOT_FOUND, f"parent NIC {name!r} not found on this node",
                            f"no such network device; interfaces here: {', '.join(names[:12]) or 'none'}")
-        return int(found[0])
+        return link.index
 
     # ---- DEL ------------------------------------------------------------------------------
     def delete(self, req: CniRequest) -> None:
@@ -271,22 +269,17 @@ class MacvlanPlugin:
             return
         with ns:
             addresses: set[str] = set()
-            found = ns.ipr.link_lookup(ifname=ifname)
-            if found:
-                link = ns.ipr.get_links(found[0])[0]
-                info = link.get_attr("IFLA_LINKINFO")
-                if info is not None and info.get_attr("IFLA_INFO_KIND") == "macvlan":  # never delete others'
-                    if not rules:  # no record (a crash before it was written): read the addresses
-                        addresses = {a.get_attr("IFA_ADDRESS") for a in ns.ipr.get_addr(index=found[0])}
-                    ns.ipr.link("del", index=found[0])
+            link = ns.rtnl.link(ifname)
+            if link is not None and link.kind == "macvlan":  # never delete an interface railnet did not make
+                if not rules:  # no record (a crash before it was written): read the addresses
+                    addresses = {a.get_attr("IFA_ADDRESS") for a in ns.ipr.get_addr(index=link.index)}
+                ns.rtnl.delete_link(link.index)
             # Rules outlive the link. With a record each is known; without one, search the rule list.
             for src, table in rules or self._rules_from(ns, addresses):
-                family = socket.AF_INET6 if ":" in src else socket.AF_INET
                 try:
-                    ns.ipr.rule("del", family=family, src=src, src_len=128 if ":" in src else 32,
-                                table=table, priority=table)
-                except NetlinkError as exc:
-                    if exc.code != errno.ENOENT:
+                    ns.rtnl.delete_rule(src, table, table)
+                except RtnlError as exc:
+                    if exc.errno != errno.ENOENT:
                         raise
 
     @staticmethod

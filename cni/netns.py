@@ -15,6 +15,8 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
+from cni.rtnl import Rtnl
+
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -40,17 +42,26 @@ def entered(ns_fd: int) -> Iterator[None]:
 
 
 class NetNS:
-    """An open handle on a network namespace path, with a netlink socket inside it."""
+    """An open handle on a network namespace path, with netlink sockets inside it: a raw one for
+    the hot path (`rtnl`) and, created on first use, pyroute2's for everything else (`ipr`)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.fd = os.open(path, os.O_RDONLY)
+        self._ipr: Any = None
         try:
             with entered(self.fd):
-                self.ipr: Any = IPRoute()
+                self.rtnl = Rtnl()
         except BaseException:
             os.close(self.fd)
             raise
+
+    @property
+    def ipr(self) -> Any:
+        if self._ipr is None:
+            with entered(self.fd):
+                self._ipr = IPRoute()
+        return self._ipr
 
     def sysctl(self, key: str, value: str) -> None:
         """Write net.* sysctl `key` (dotted, e.g. ipv4.conf.net1.arp_notify) inside the namespace."""
@@ -63,7 +74,9 @@ class NetNS:
             return f.read().strip()
 
     def close(self) -> None:
-        self.ipr.close()
+        self.rtnl.close()
+        if self._ipr is not None:
+            self._ipr.close()
         os.close(self.fd)
 
     def __enter__(self) -> NetNS:

@@ -16,29 +16,46 @@ from railnet.lab import links_in
 from tests.netns.conftest import Env, macvlan_conf
 
 
+def _kill_when_adding(env: Env, db: sqlite3.Connection, timeout: float = 5.0) -> bool:
+    """SIGKILL the agent as soon as an ADD's intent record exists, i.e. inside the ADD."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if db.execute("SELECT 1 FROM attachment WHERE state='adding'").fetchone():
+            env.agent.kill()
+            return True
+    env.agent.kill()
+    return False
+
+
 def test_sigkill_during_add_then_del_and_add_converge(env: Env) -> None:
-    """Kill the agent at many points of an ADD; DEL and a new ADD must always converge, leaking nothing."""
+    """Kill the agent inside ADDs (and around them); DEL and a new ADD must always converge, leaking nothing."""
     pod = env.lab.netns("pod")
-    conf = macvlan_conf(env.nic)
+    routes = [{"dst": f"10.{100 + i // 250}.{i % 250}.0/24"} for i in range(300)]  # a longer ADD
+    conf = macvlan_conf(env.nic, ipam={"type": "railnet-ipam", "ranges": [[{"subnet": "10.90.0.0/24"}]],
+                                       "routes": routes})
     interrupted = 0
     for step in range(16):
+        db = sqlite3.connect(env.agent.db_path)  # opened first: the ADD takes only milliseconds
         shim = subprocess.Popen([str(env.bin_dir / "railnet-macvlan")], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, env={"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1",
                                                              "CNI_IFNAME": "net1", "CNI_NETNS": pod,
                                                              "CNI_PATH": str(env.bin_dir), **env.agent.env()})
-        assert shim.stdin is not None
+        assert shim.stdin is not None and shim.stdout is not None
         shim.stdin.write(json.dumps(conf).encode())
         shim.stdin.close()
-        time.sleep(step * 0.003)  # 0 .. 45 ms: before, during and after the agent's work
-        env.agent.kill()
-        assert shim.stdout is not None
+        if step % 2 == 0:
+            assert _kill_when_adding(env, db), "no ADD seen in progress"
+        else:
+            time.sleep(step * 0.002)  # before, during or after the agent's work
+            env.agent.kill()
         out = shim.stdout.read()
         shim.wait()
+        db.close()
         with sqlite3.connect(env.agent.db_path) as db:
             states = [r[0] for r in db.execute("SELECT state FROM attachment")]
         if shim.returncode != 0:
             assert json.loads(out)["code"] == 11  # the runtime sees "try again later"
-        interrupted += states == ["adding"] or (shim.returncode != 0 and env.allocations() > 0)
+        interrupted += states == ["adding"]
         env.agent.start()
         assert env.call("railnet-macvlan", "DEL", conf, cid="c1", ifname="net1", netns=pod).ok
         env.assert_clean(pod)
@@ -47,7 +64,7 @@ def test_sigkill_during_add_then_del_and_add_converge(env: Env) -> None:
         assert env.allocations() == 1 and links_in(pod) == ["lo", "net1"]
         assert env.call("railnet-macvlan", "DEL", conf, cid="c1", ifname="net1", netns=pod).ok
         env.assert_clean(pod)
-    assert interrupted >= 1, "no kill landed inside an ADD; widen the delays"
+    assert interrupted >= 4, f"only {interrupted} kills landed inside an ADD"
 
 
 def test_fifty_concurrent_adds_get_distinct_ips(env: Env) -> None:
