@@ -49,12 +49,14 @@ class JointAllocator:
 def nearest_nics_in_turn(
     topo: CompactTopology, gpus: tuple[int, ...], free_nics: int, count: int
 ) -> tuple[tuple[int, ...], tuple[tuple[int, int], ...]] | None:
-    """GPU after GPU (round robin), each takes its nearest still-free NIC."""
+    """GPU after GPU (round robin), each takes its nearest still-free NIC; no GPUs: lowest free NICs."""
     if count == 0:
         return (), ()
     free = bits(free_nics)
-    if len(free) < count or not gpus:
+    if len(free) < count:
         return None
+    if not gpus:
+        return tuple(free[:count]), ()
     rails = []
     for slot in range(count):
         gpu = gpus[slot % len(gpus)]

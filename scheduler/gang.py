@@ -65,6 +65,8 @@ class GangPlan:
 
 def plan_gang(view: ClusterView, gang: Gang) -> GangPlan | None:
     """Reserve the gang in ``view`` and return the plan, or return None and leave ``view`` as it was."""
+    if len(gang.members) == 1:
+        return _plan_single(view, gang)
     shape = _shape(gang.members[0])
     if all(_shape(m) == shape for m in gang.members):
         return _plan_homogeneous(view, gang)
@@ -82,6 +84,18 @@ def plan_gangs(view: ClusterView, gangs: Sequence[Gang]) -> list[GangPlan] | Non
         plans.append(plan)
     view.absorb(trial)
     return plans
+
+
+def _plan_single(view: ClusterView, gang: Gang) -> GangPlan | None:
+    """One pod: the tightest node that fits (best fit by free GPUs), found through the index."""
+    pod = gang.members[0]
+    for index in _candidates(view, pod):
+        alloc = place_on_node(view.node(index), pod, group=gang.name)
+        if alloc is not None:
+            view.reserve(alloc)
+            domains = view.cluster.domains
+            return GangPlan(gang.name, (alloc,), 0, domains.domain_of(index, 0))
+    return None
 
 
 # -- homogeneous gangs --------------------------------------------------------------------------

@@ -188,9 +188,13 @@ class Cluster:
 
     # -- queries ---------------------------------------------------------------------------------
     def nodes_with_whole_free(self, at_least: int) -> Iterable[int]:
-        """Node indices with >= ``at_least`` fully free GPUs, tightest first (best fit)."""
+        """Node indices with >= ``at_least`` fully free GPUs, tightest first (best fit).
+
+        Within one count the order is the set's (stable for a given history, not sorted: sorting
+        thousands of nodes per decision would cost more than the decision). Do not apply or
+        release allocations while iterating; plan in a ``ClusterView``."""
         for count in range(max(at_least, 0), len(self.by_whole_free)):
-            yield from sorted(self.by_whole_free[count])
+            yield from self.by_whole_free[count]
 
     @property
     def gpu_allocated_fraction(self) -> float:

@@ -38,12 +38,14 @@ import math
 import random
 from bisect import insort
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Protocol
 
 from scheduler.devices import DeviceAllocator, DeviceChoice, JointAllocator
 from scheduler.fragmentation import FragmentationModel, typical_shapes
 from scheduler.intranode import DeviceRequest
 from scheduler.model import Allocation, Node, PodSpec
+from scheduler.placement import nearest_free_nics
 
 MAX_SPEC_CPU = 128_000  # BestFit normalisation constants of the FGD simulator
 MAX_SPEC_GPU = 8_000
@@ -61,11 +63,19 @@ class Policy(Protocol):
     def allocate(self, node: Node, pod: PodSpec, hint: Hint, rng: random.Random) -> Allocation | None: ...
 
 
-def rdma_for(node: Node, pod: PodSpec, rails_per_gpu: bool) -> int:
-    """NICs asked on this node: the pod's own ask, or one rail per whole GPU where NICs exist."""
-    if pod.rdma_nics or not rails_per_gpu or not node.nic_count:
+def rdma_for(
+    node: Node, pod: PodSpec, rails_per_gpu: bool, cpu_pod_nics: int = 0, share_pod_nics: int = 0
+) -> int:
+    """NICs asked on this node: the pod's own ask; else, where the node has RDMA NICs (trace
+    synthesis), one rail per whole GPU, ``cpu_pod_nics`` for a CPU-only pod and
+    ``share_pod_nics`` for a GPU-share pod."""
+    if pod.rdma_nics or not node.nic_count:
         return pod.rdma_nics
-    return pod.whole_gpus
+    if pod.num_gpu == 0:
+        return cpu_pod_nics
+    if pod.shares_gpu:
+        return share_pod_nics
+    return pod.whole_gpus if rails_per_gpu else 0
 
 
 def first_fit_whole(node: Node, pod: PodSpec) -> Allocation | None:
@@ -207,12 +217,16 @@ class RailnetPolicy(FgdPolicy):
         devices: DeviceAllocator | None = None,
         rails_per_gpu: bool = True,
         stranding_weight: float = 2.0,
+        cpu_pod_nics: int = 0,
+        share_pod_nics: int = 0,
     ) -> None:
         super().__init__(fragmentation)
         self.cpu_per_gpu = cpu_per_gpu
         self.devices = devices or JointAllocator()
         self.rails_per_gpu = rails_per_gpu
         self.stranding_weight = stranding_weight
+        self.cpu_pod_nics = cpu_pod_nics
+        self.share_pod_nics = share_pod_nics
 
     def _cpu_deficit(self, gpu_free_milli: int, cpu_free: int) -> float:
         """CPU missing to run the node's free GPUs at the workload's CPU per GPU."""
@@ -228,19 +242,36 @@ class RailnetPolicy(FgdPolicy):
 
     def _devices(self, node: Node, pod: PodSpec) -> DeviceChoice | None:
         request = DeviceRequest(
-            pod.whole_gpus, rdma_for(node, pod, self.rails_per_gpu), pod.required_scope, pod.preferred_scope
+            pod.whole_gpus,
+            rdma_for(node, pod, self.rails_per_gpu, self.cpu_pod_nics, self.share_pod_nics),
+            pod.required_scope,
+            pod.preferred_scope,
         )
         return self.devices.choose(node.topology, node.whole_free, node.nic_free, request)
 
     def evaluate(self, node: Node, pod: PodSpec) -> tuple[Score, Hint] | None:
-        needs_devices = not pod.shares_gpu and (pod.whole_gpus or pod.rdma_nics)
-        if needs_devices and node.fits_host(pod) and self._devices(node, pod) is None:
+        if pod.shares_gpu:
+            wanted = rdma_for(node, pod, self.rails_per_gpu, self.cpu_pod_nics, self.share_pod_nics)
+            if wanted > node.nic_free.bit_count():
+                return None
+        elif (
+            (pod.whole_gpus or pod.rdma_nics or self.cpu_pod_nics)
+            and node.fits_host(pod)
+            and self._devices(node, pod) is None
+        ):
             return None  # e.g. a required scope the node cannot meet
         return super().evaluate(node, pod)
 
     def allocate(self, node: Node, pod: PodSpec, hint: Hint, rng: random.Random) -> Allocation | None:
         if pod.shares_gpu:
-            return super().allocate(node, pod, hint, rng)
+            alloc = super().allocate(node, pod, hint, rng)
+            wanted = rdma_for(node, pod, self.rails_per_gpu, self.cpu_pod_nics, self.share_pod_nics)
+            if alloc is None or not wanted:
+                return alloc
+            nics = nearest_free_nics(node, alloc.gpus[0], wanted)
+            if nics is None:
+                return None
+            return replace(alloc, nics=nics, rails=tuple((alloc.gpus[0], k) for k in nics))
         choice = self._devices(node, pod)
         if choice is None:
             return None
@@ -253,8 +284,16 @@ class RailnetPolicy(FgdPolicy):
 POLICIES = ("railnet", "bestfit", "random", "fgd")
 
 
-def make_policy(name: str, workload: Sequence[PodSpec], devices: DeviceAllocator | None = None) -> Policy:
-    """A policy by name; FGD-based ones learn their target workload from ``workload`` (the trace)."""
+def make_policy(
+    name: str,
+    workload: Sequence[PodSpec],
+    devices: DeviceAllocator | None = None,
+    cpu_pod_nics: int = 0,
+    share_pod_nics: int = 0,
+) -> Policy:
+    """A policy by name; FGD-based ones learn their target workload from ``workload`` (the trace).
+
+    ``devices`` and the ``*_pod_nics`` synthesis only apply to railnet (baselines take no NICs)."""
     if name == "random":
         return RandomPolicy()
     if name == "bestfit":
@@ -263,5 +302,7 @@ def make_policy(name: str, workload: Sequence[PodSpec], devices: DeviceAllocator
         return FgdPolicy(FragmentationModel(typical_shapes(workload)))
     if name == "railnet":
         frag = FragmentationModel(typical_shapes(workload), fits_memory=True)
-        return RailnetPolicy(frag, cpu_per_gpu(workload), devices)
+        return RailnetPolicy(
+            frag, cpu_per_gpu(workload), devices, cpu_pod_nics=cpu_pod_nics, share_pod_nics=share_pod_nics
+        )
     raise ValueError(f"unknown policy {name!r}: choose one of {', '.join(POLICIES)}")
