@@ -34,19 +34,49 @@ def pct(values: list[float], q: float) -> float:
 
 
 class Contender:
-    def __init__(self, name: str, binary: Path, conf: dict[str, Any], cni_path: list[Path], env: dict[str, str],
-                 tag: str):
-        self.name, self.binary, self.conf, self.cni_path, self.env, self.tag = name, binary, conf, cni_path, env, tag
+    def __init__(
+        self,
+        name: str,
+        binary: Path,
+        conf: dict[str, Any],
+        cni_path: list[Path],
+        env: dict[str, str],
+        tag: str,
+    ):
+        self.name, self.binary, self.conf, self.cni_path, self.env, self.tag = (
+            name,
+            binary,
+            conf,
+            cni_path,
+            env,
+            tag,
+        )
         self.add: list[float] = []
         self.delete: list[float] = []
 
     def cycle(self, netns: str, cid: str, record: bool = True) -> None:
-        add = run_plugin(self.binary, "ADD", self.conf, container_id=cid, ifname="net1", netns=netns,
-                         cni_path=self.cni_path, env=self.env)
+        add = run_plugin(
+            self.binary,
+            "ADD",
+            self.conf,
+            container_id=cid,
+            ifname="net1",
+            netns=netns,
+            cni_path=self.cni_path,
+            env=self.env,
+        )
         if not add.ok:
             raise RuntimeError(f"{self.name} ADD failed: {add.output}")
-        delete = run_plugin(self.binary, "DEL", self.conf, container_id=cid, ifname="net1", netns=netns,
-                            cni_path=self.cni_path, env=self.env)
+        delete = run_plugin(
+            self.binary,
+            "DEL",
+            self.conf,
+            container_id=cid,
+            ifname="net1",
+            netns=netns,
+            cni_path=self.cni_path,
+            env=self.env,
+        )
         if not delete.ok:
             raise RuntimeError(f"{self.name} DEL failed: {delete.output}")
         if record:
@@ -57,8 +87,13 @@ class Contender:
 def shim_import_profile(shim: Path) -> str:
     """`python -X importtime` over the installed shim: the modules it imports and their cost."""
     interpreter, flags = shim.read_text().splitlines()[0][2:].split()
-    proc = subprocess.run([interpreter, flags, "-X", "importtime", str(shim)], input=b"",
-                          env={"CNI_COMMAND": "VERSION"}, capture_output=True, check=False)
+    proc = subprocess.run(
+        [interpreter, flags, "-X", "importtime", str(shim)],
+        input=b"",
+        env={"CNI_COMMAND": "VERSION"},
+        capture_output=True,
+        check=False,
+    )
     rows = [line for line in proc.stderr.decode().splitlines() if line.startswith("import time:")]
     total = sum(int(r.split("|")[1]) for r in rows[1:] if r.split("|")[1].strip().isdigit())
     top = sorted(rows[1:], key=lambda r: -int(r.split("|")[1]))[:3]
@@ -74,8 +109,12 @@ def agent_add_ms(log: Path, since: float, cid_prefix: str) -> list[float]:
             entry = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if (entry.get("cmd") == "ADD" and entry.get("ts", 0) >= since and "ms" in entry
-                and str(entry.get("cid", "")).startswith(cid_prefix)):
+        if (
+            entry.get("cmd") == "ADD"
+            and entry.get("ts", 0) >= since
+            and "ms" in entry
+            and str(entry.get("cid", "")).startswith(cid_prefix)
+        ):
             out.append(float(entry["ms"]))
     return out
 
@@ -95,7 +134,9 @@ def throughput(contender: Contender, lab: Lab, pairs: int, callers: int) -> floa
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--pairs", type=int, default=400)
     parser.add_argument("--callers", type=int, default=8)
@@ -107,50 +148,79 @@ def main() -> int:
         nic = lab.nic("nic")
         agent = lab.agent()
         base = {"cniVersion": "1.0.0", "name": "bench", "master": nic, "mode": "bridge"}
-        reference = Contender("reference macvlan+host-local", REFERENCE_CNI_DIR / "macvlan",
-                              {**base, "type": "macvlan",
-                               "ipam": {"type": "host-local", "ranges": RANGES, "dataDir": str(lab.tmp / "hl")}},
-                              [REFERENCE_CNI_DIR], {}, "ref")
-        ours = {**base, "type": "railnet-macvlan", "policyRouting": False,  # like for like: no policy rules
-                "ipam": {"type": "railnet-ipam", "ranges": RANGES}}
+        reference = Contender(
+            "reference macvlan+host-local",
+            REFERENCE_CNI_DIR / "macvlan",
+            {
+                **base,
+                "type": "macvlan",
+                "ipam": {"type": "host-local", "ranges": RANGES, "dataDir": str(lab.tmp / "hl")},
+            },
+            [REFERENCE_CNI_DIR],
+            {},
+            "ref",
+        )
+        ours = {
+            **base,
+            "type": "railnet-macvlan",
+            "policyRouting": False,  # like for like: no policy rules
+            "ipam": {"type": "railnet-ipam", "ranges": RANGES},
+        }
         contenders = [reference]
         for kind in ("native", "python"):
             bin_dir = lab.install_shim(kind)
-            contenders.append(Contender(f"railnet ({kind} shim)", bin_dir / "railnet-macvlan", ours, [bin_dir],
-                                        agent.env(), kind))
+            contenders.append(
+                Contender(
+                    f"railnet ({kind} shim)", bin_dir / "railnet-macvlan", ours, [bin_dir], agent.env(), kind
+                )
+            )
         namespaces = {c.tag: lab.netns(c.tag) for c in contenders}
         for _ in range(5):  # warm all (page cache, agent caches)
             for c in contenders:
                 c.cycle(namespaces[c.tag], f"{c.tag}-warm", record=False)
         since = time.time()
         for i in range(args.iterations):
-            order = contenders[i % 3:] + contenders[:i % 3]  # rotate who goes first
+            order = contenders[i % 3 :] + contenders[: i % 3]  # rotate who goes first
             for c in order:
                 c.cycle(namespaces[c.tag], f"{c.tag}-it{i}")
 
-        print(f"CNI latency, {args.iterations} interleaved ADD+DEL cycles each, cniVersion 1.0.0, "
-              f"load avg {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+        print(
+            f"CNI latency, {args.iterations} interleaved ADD+DEL cycles each, cniVersion 1.0.0, "
+            f"load avg {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+        )
         print(f"{'plugin':<32}{'ADD p50':>9}{'ADD p99':>9}{'DEL p50':>9}{'DEL p99':>9}   ratios vs reference")
         for c in contenders:
-            ratios = [pct(c.add, .5) / pct(reference.add, .5), pct(c.add, .99) / pct(reference.add, .99),
-                      pct(c.delete, .5) / pct(reference.delete, .5), pct(c.delete, .99) / pct(reference.delete, .99)]
-            print(f"{c.name:<32}{pct(c.add, .5):>9.2f}{pct(c.add, .99):>9.2f}{pct(c.delete, .5):>9.2f}"
-                  f"{pct(c.delete, .99):>9.2f}   " + " ".join(f"{r:.2f}" for r in ratios))
+            ratios = [
+                pct(c.add, 0.5) / pct(reference.add, 0.5),
+                pct(c.add, 0.99) / pct(reference.add, 0.99),
+                pct(c.delete, 0.5) / pct(reference.delete, 0.5),
+                pct(c.delete, 0.99) / pct(reference.delete, 0.99),
+            ]
+            print(
+                f"{c.name:<32}{pct(c.add, 0.5):>9.2f}{pct(c.add, 0.99):>9.2f}{pct(c.delete, 0.5):>9.2f}"
+                f"{pct(c.delete, 0.99):>9.2f}   " + " ".join(f"{r:.2f}" for r in ratios)
+            )
         native = contenders[1]
-        ratio = pct(native.add, .5) / pct(reference.add, .5)
-        print(f"target ADD p50 ratio <= 1.0 (native shim): {ratio:.2f} -> {'met' if ratio <= 1.0 else 'NOT met'}")
+        ratio = pct(native.add, 0.5) / pct(reference.add, 0.5)
+        print(
+            f"target ADD p50 ratio <= 1.0 (native shim): {ratio:.2f} -> {'met' if ratio <= 1.0 else 'NOT met'}"
+        )
         for c in contenders[1:]:
             agent_p50 = statistics.median(agent_add_ms(agent.log_path, since, c.tag))
-            add_p50 = pct(c.add, .5)
-            print(f"{c.name}: ADD p50 {add_p50:.2f} ms = agent {agent_p50:.2f} ms + shim, exec and socket "
-                  f"{add_p50 - agent_p50:.2f} ms (shim share {(add_p50 - agent_p50) / add_p50:.0%})")
+            add_p50 = pct(c.add, 0.5)
+            print(
+                f"{c.name}: ADD p50 {add_p50:.2f} ms = agent {agent_p50:.2f} ms + shim, exec and socket "
+                f"{add_p50 - agent_p50:.2f} ms (shim share {(add_p50 - agent_p50) / add_p50:.0%})"
+            )
         print(f"python shim imports: {shim_import_profile(contenders[2].binary)}")
 
         for c in (reference, native):
             c.throughput = throughput(c, lab, args.pairs, args.callers)  # type: ignore[attr-defined]
         ref_tp, our_tp = reference.throughput, native.throughput  # type: ignore[attr-defined]
-        print(f"throughput, {args.pairs} ADD/DEL pairs from {args.callers} parallel callers: reference "
-              f"{ref_tp:.1f} pairs/s, railnet (native shim) {our_tp:.1f} pairs/s, ratio {our_tp / ref_tp:.2f}")
+        print(
+            f"throughput, {args.pairs} ADD/DEL pairs from {args.callers} parallel callers: reference "
+            f"{ref_tp:.1f} pairs/s, railnet (native shim) {our_tp:.1f} pairs/s, ratio {our_tp / ref_tp:.2f}"
+        )
     return 0
 
 
