@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from pathlib import Path
 from typing import Any, Protocol
 
 from cni.attachments import AttachmentStore
-from cni.errors import INTERNAL, INVALID_CONFIG, CniError
+from cni.errors import INTERNAL, INVALID_CONFIG, IO_FAILURE, CniError
 from cni.ipam_calls import IpamCalls
 from cni.macvlan import MacvlanPlugin
 from cni.request import CniRequest
@@ -73,6 +74,11 @@ class Dispatcher:
             return 0, self._run(plugin, req)
         except CniError as exc:
             return 1, json.dumps(exc.to_object(version))
+        except (sqlite3.Error, OSError) as exc:  # the state database or the disk under it
+            log.exception("I/O failure")
+            return 1, json.dumps(CniError(IO_FAILURE, f"I/O failure: {type(exc).__name__}: {exc}",
+                                          "check the agent's state dir (disk full or damaged database?)")
+                                 .to_object(version))
         except Exception as exc:  # a bug: still answer with a CNI error, and log the traceback
             log.exception("internal error")
             return 1, json.dumps(CniError(INTERNAL, f"internal error: {type(exc).__name__}: {exc}",

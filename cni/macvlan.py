@@ -27,6 +27,7 @@ from cni.errors import (
     INTERFACE_EXISTS,
     INVALID_CONFIG,
     KERNEL_REFUSED,
+    LIMITED_CONNECTIVITY,
     MASTER_NOT_FOUND,
     NOT_AVAILABLE,
     CniError,
@@ -344,9 +345,13 @@ class MacvlanPlugin:
     def status(self, req: CniRequest) -> None:
         conf = parse_conf(req.config)
         try:
-            self._master(conf)
+            index = self._master(conf)
         except CniError as exc:
             raise CniError(NOT_AVAILABLE, exc.msg, exc.details) from None
+        link = self.host.link(resolve_master(self.sysfs, conf.master, conf.pciAddress, conf.rdmaDevice))
+        if link is not None and link.index == index and not link.carrier:
+            raise CniError(LIMITED_CONNECTIVITY, f"parent NIC {link.name} is down",
+                           "pods attached to it have no secondary network until the link comes back")
         self.ipam.status(req)
 
 

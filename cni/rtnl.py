@@ -21,7 +21,8 @@ RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_NEWROUTE, RTM_NEWRULE, RTM_DELRULE = 20, 24, 32, 33
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
 # attributes
-IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_LINKINFO, IFLA_NET_NS_FD = 1, 3, 4, 5, 18, 28
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_NET_NS_FD = 1, 3, 4, 5, 16, 18, 28
+IF_OPER_UNKNOWN, IF_OPER_UP = 0, 6
 IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_MACVLAN_MODE = 1, 2, 1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PREFSRC, RTA_TABLE = 1, 4, 5, 7, 15
@@ -79,6 +80,7 @@ class Link:
     mac: str
     mtu: int
     kind: str | None
+    carrier: bool  # operationally up (or a driver that does not report it)
 
 
 class Rtnl:
@@ -128,8 +130,9 @@ class Rtnl:
         info = parse_attrs(attrs.get(IFLA_LINKINFO, b""))
         kind = info[IFLA_INFO_KIND].rstrip(b"\0").decode() if IFLA_INFO_KIND in info else None
         mac = ":".join(f"{b:02x}" for b in attrs.get(IFLA_ADDRESS, b""))
+        oper = attrs.get(IFLA_OPERSTATE, bytes([IF_OPER_UNKNOWN]))[0]
         return Link(index, attrs[IFLA_IFNAME].rstrip(b"\0").decode(), mac,
-                    struct.unpack("=I", attrs[IFLA_MTU])[0], kind)
+                    struct.unpack("=I", attrs[IFLA_MTU])[0], kind, oper in (IF_OPER_UP, IF_OPER_UNKNOWN))
 
     def add_macvlan(self, name: str, parent: int, mode: str, netns_fd: int, mtu: int | None = None,
                     mac: str | None = None) -> None:

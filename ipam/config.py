@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cni.errors import INVALID_CONFIG, CniError
+from cni.errors import INVALID_CONFIG, UNSUPPORTED_FIELD, CniError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -174,13 +174,16 @@ class IpamConf(BaseModel):
 
 
 def validation_error(what: str, exc: ValidationError) -> CniError:
-    """Turn pydantic's report into one readable CNI error (code 7)."""
+    """Turn pydantic's report into one readable CNI error: code 2 for a field railnet does not
+    know where the schema is closed (most often a typo), code 7 for a wrong value."""
     problems = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or what
         msg = str(err["msg"]).removeprefix("Value error, ")
         problems.append(f"{where}: {msg}")
-    return CniError(INVALID_CONFIG, f"invalid {what}", "; ".join(problems))
+    unknown = all(err["type"] == "extra_forbidden" for err in exc.errors())
+    return CniError(UNSUPPORTED_FIELD if unknown else INVALID_CONFIG,
+                    f"unsupported field in {what}" if unknown else f"invalid {what}", "; ".join(problems))
 
 
 def parse_ipam(raw: Any) -> IpamConf:

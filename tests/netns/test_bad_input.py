@@ -54,6 +54,8 @@ CASES: list[tuple[str, Any, dict[str, str], int, tuple[str, ...]]] = [
     ("range-outside", {"ipam": {"type": "railnet-ipam", "ranges": [[{"subnet": "10.1.0.0/24",
                                                                      "rangeStart": "10.2.0.1"}]]}}, {},
      errors.INVALID_CONFIG, ("outside",)),
+    ("typo-in-range", {"ipam": {"type": "railnet-ipam", "ranges": [[{"subnet": "10.1.0.0/24", "rangeStrat": "10.1.0.9"}]]}},
+     {}, errors.UNSUPPORTED_FIELD, ("rangeStrat",)),
     ("unknown-pool", {"ipam": {"type": "railnet-ipam", "pool": "nope"}}, {}, errors.INVALID_CONFIG, ("nope",)),
     ("unknown-ipam-plugin", {"ipam": {"type": "no-such-ipam"}}, {}, errors.INVALID_CONFIG, ("no-such-ipam",)),
     ("mac-in-passthru", {"mode": "passthru", "mac": "02:00:00:00:00:09"}, {}, errors.INVALID_CONFIG, ("passthru",)),
@@ -178,3 +180,12 @@ def test_unknown_plugin_name(env: Env) -> None:
     shutil.copy(env.bin_dir / "railnet-macvlan", renamed)
     call = env.call("railnet-bogus", "ADD", macvlan_conf(env.nic), cid="c1", ifname="net1", netns=env.lab.netns("p"))
     assert_error(call, errors.INVALID_CONFIG, "railnet-bogus")
+
+
+def test_status_reports_a_down_nic_as_limited_connectivity(env: Env) -> None:
+    conf = macvlan_conf(env.nic)
+    assert env.call("railnet-macvlan", "STATUS", conf).ok
+    ip("link", "set", env.nic + "p", "down")  # the switch side goes away: no carrier on the NIC
+    assert_error(env.call("railnet-macvlan", "STATUS", conf), errors.LIMITED_CONNECTIVITY, "down")
+    ip("link", "set", env.nic + "p", "up")
+    assert env.call("railnet-macvlan", "STATUS", conf).ok

@@ -67,3 +67,25 @@ def test_bad_config(stdin: str, code: int) -> None:
     with pytest.raises(CniError) as exc:
         CniRequest.parse({"CNI_COMMAND": "STATUS"}, stdin)
     assert exc.value.code == code
+
+
+def test_state_database_failure_is_an_io_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import sqlite3
+
+    from cni.attachments import AttachmentStore
+    from cni.dispatch import Dispatcher
+    from ipam.plugin import IpamService
+    from ipam.pools import PoolRegistry
+    from ipam.store import Database, IpamStore
+
+    db = Database(tmp_path / "db")
+    dispatcher = Dispatcher(IpamService(IpamStore(db), PoolRegistry(None)), AttachmentStore(db), tmp_path)
+
+    class Broken:
+        def gc(self, req: CniRequest) -> None:
+            raise sqlite3.OperationalError("disk I/O error")
+
+    dispatcher.plugins["railnet-ipam"] = Broken()  # type: ignore[assignment]
+    code, out = dispatcher.handle("railnet-ipam", {"CNI_COMMAND": "GC"}, '{"cniVersion": "1.1.0", "name": "n", "type": "x"}')
+    assert code == 1 and json.loads(out)["code"] == errors.IO_FAILURE and "disk I/O error" in json.loads(out)["msg"]
