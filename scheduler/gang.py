@@ -67,8 +67,8 @@ def plan_gang(view: ClusterView, gang: Gang) -> GangPlan | None:
     """Reserve the gang in ``view`` and return the plan, or return None and leave ``view`` as it was."""
     if len(gang.members) == 1:
         return _plan_single(view, gang)
-    shape = _shape(gang.members[0])
-    if all(_shape(m) == shape for m in gang.members):
+    shape = gang.members[0].shape()
+    if all(m.shape() == shape for m in gang.members):
         return _plan_homogeneous(view, gang)
     return _plan_greedy(view, gang)
 
@@ -100,18 +100,6 @@ def _plan_single(view: ClusterView, gang: Gang) -> GangPlan | None:
 
 # -- homogeneous gangs --------------------------------------------------------------------------
 
-
-def _shape(pod: PodSpec) -> tuple[object, ...]:
-    return (
-        pod.cpu_milli,
-        pod.memory_mib,
-        pod.num_gpu,
-        pod.gpu_milli,
-        pod.gpu_models,
-        pod.rdma_nics,
-        pod.required_scope,
-        pod.preferred_scope,
-    )
 
 
 def _candidates(view: ClusterView, pod: PodSpec) -> Iterable[int]:

@@ -35,6 +35,11 @@ class PodSpec:
     required_scope: Scope = Scope.ANY
     preferred_scope: Scope | None = None
 
+    def shape(self) -> tuple[object, ...]:
+        """Everything the pod asks for, without its name: pods of one shape place alike."""
+        return (self.cpu_milli, self.memory_mib, self.num_gpu, self.gpu_milli, self.gpu_models,
+                self.rdma_nics, self.required_scope, self.preferred_scope)
+
     def __post_init__(self) -> None:
         if min(self.cpu_milli, self.memory_mib, self.num_gpu, self.gpu_milli, self.rdma_nics) < 0:
             raise ModelError(f"pod {self.name}: resource requests must be >= 0")

@@ -21,6 +21,7 @@ state is scored once per pod shape and kept until a node leaves it.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import random
 import time
@@ -71,24 +72,11 @@ def arrival_order(
         # the simulator compares with the per-GPU milli here (tuneUpPods); kept as published
         if total + pod.gpu_milli > target:
             break
-        order.append(_renamed(pod, f"{pod.name}-tuned-{copies}"))
+        order.append(dataclasses.replace(pod, name=f"{pod.name}-tuned-{copies}"))
         total += pod.total_gpu_milli
         copies += 1
     return order
 
-
-def _renamed(pod: PodSpec, name: str) -> PodSpec:
-    return PodSpec(
-        name,
-        pod.cpu_milli,
-        pod.memory_mib,
-        pod.num_gpu,
-        pod.gpu_milli,
-        pod.gpu_models,
-        pod.rdma_nics,
-        pod.required_scope,
-        pod.preferred_scope,
-    )
 
 
 @dataclass
@@ -155,18 +143,6 @@ class _StateClass:
         self.ranked: list[tuple[int, int]] = []  # heap of (rank, node); stale entries skipped lazily
         self.scores: dict[tuple[object, ...], tuple[Score, Hint] | None] = {}
 
-
-def _shape(pod: PodSpec) -> tuple[object, ...]:
-    return (
-        pod.cpu_milli,
-        pod.memory_mib,
-        pod.num_gpu,
-        pod.gpu_milli,
-        pod.gpu_models,
-        pod.rdma_nics,
-        pod.required_scope,
-        pod.preferred_scope,
-    )
 
 
 class ReplayEngine:
@@ -236,7 +212,7 @@ class ReplayEngine:
         return heap[0]
 
     def place(self, pod: PodSpec) -> Allocation | None:
-        shape = _shape(pod)
+        shape = pod.shape()
         uniform = self.policy.uniform
         best: Score | None = None
         tied: list[tuple[_StateClass, Hint]] = []

@@ -55,30 +55,14 @@ class Contender:
         self.delete: list[float] = []
 
     def cycle(self, netns: str, cid: str, record: bool = True) -> None:
-        add = run_plugin(
-            self.binary,
-            "ADD",
-            self.conf,
-            container_id=cid,
-            ifname="net1",
-            netns=netns,
-            cni_path=self.cni_path,
-            env=self.env,
-        )
-        if not add.ok:
-            raise RuntimeError(f"{self.name} ADD failed: {add.output}")
-        delete = run_plugin(
-            self.binary,
-            "DEL",
-            self.conf,
-            container_id=cid,
-            ifname="net1",
-            netns=netns,
-            cni_path=self.cni_path,
-            env=self.env,
-        )
-        if not delete.ok:
-            raise RuntimeError(f"{self.name} DEL failed: {delete.output}")
+        calls = []
+        for command in ("ADD", "DEL"):
+            call = run_plugin(self.binary, command, self.conf, container_id=cid, ifname="net1", netns=netns,
+                              cni_path=self.cni_path, env=self.env)
+            if not call.ok:
+                raise RuntimeError(f"{self.name} {command} failed: {call.output}")
+            calls.append(call)
+        add, delete = calls
         if record:
             self.add.append(add.seconds * 1e3)
             self.delete.append(delete.seconds * 1e3)
