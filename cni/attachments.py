@@ -74,9 +74,6 @@ class AttachmentStore:
             (network,)).fetchall()
         return [_row(r) for r in rows]
 
-    def count(self) -> int:
-        return int(self.db.connection().execute("SELECT COUNT(*) FROM attachment").fetchone()[0])
-
 
 def _row(row: tuple[Any, ...]) -> Attachment:
     return Attachment(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]),

@@ -36,7 +36,7 @@ from cni.ipam_calls import IpamCalls
 from cni.master import resolve_master
 from cni.netns import NetNS
 from cni.request import CniRequest
-from cni.rtnl import RT_SCOPE_LINK, Rtnl, RtnlError
+from cni.rtnl import RT_SCOPE_LINK, Link, Rtnl, RtnlError
 from cni.versions import canonical_result
 from ipam.config import validation_error
 from ipam.plugin import valid_attachments
@@ -134,7 +134,7 @@ class MacvlanPlugin:
         if conf.ipam is None:
             raise CniError(INVALID_CONFIG, "railnet-macvlan needs an 'ipam' section",
                            'e.g. "ipam": {"type": "railnet-ipam", "ranges": [[{"subnet": "10.1.0.0/24"}]]}')
-        master_index = self._master(conf)
+        master_index = self._master(conf).index
         if self.attachments.get(req.container_id, req.ifname):
             raise CniError(INTERFACE_EXISTS, f"attachment {req.container_id}/{req.ifname} already exists",
                            "DEL it before adding it again")
@@ -240,8 +240,8 @@ class MacvlanPlugin:
             undo.append(lambda src=src: ns.rtnl.delete_rule(src, table, table))  # type: ignore[misc]
         return out
 
-    def _master(self, conf: MacvlanConf) -> int:
-        """The parent's ifindex. One lookup by name; the full link list only to explain a miss."""
+    def _master(self, conf: MacvlanConf) -> Link:
+        """The parent NIC. One lookup by name; the full link list only to explain a miss."""
         name = resolve_master(self.sysfs, conf.master, conf.pciAddress, conf.rdmaDevice)
         link = self.host.link(name)
         if link is None:
@@ -249,7 +249,7 @@ class MacvlanPlugin:
                 names = sorted(str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links())
             raise CniError(MASTER_NOT_FOUND, f"parent NIC {name!r} not found on this node",
                            f"no such network device; interfaces here: {', '.join(names[:12]) or 'none'}")
-        return link.index
+        return link
 
     # ---- DEL ------------------------------------------------------------------------------
     def delete(self, req: CniRequest) -> None:
@@ -345,11 +345,10 @@ class MacvlanPlugin:
     def status(self, req: CniRequest) -> None:
         conf = parse_conf(req.config)
         try:
-            index = self._master(conf)
+            link = self._master(conf)
         except CniError as exc:
             raise CniError(NOT_AVAILABLE, exc.msg, exc.details) from None
-        link = self.host.link(resolve_master(self.sysfs, conf.master, conf.pciAddress, conf.rdmaDevice))
-        if link is not None and link.index == index and not link.carrier:
+        if not link.carrier:
             raise CniError(LIMITED_CONNECTIVITY, f"parent NIC {link.name} is down",
                            "pods attached to it have no secondary network until the link comes back")
         self.ipam.status(req)

@@ -131,12 +131,8 @@ class AgentServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             os.umask(old)
 
 
-def run(socket_path: Path, state_dir: Path, pools_dir: Path | None, sysfs: Path,
-        ready: threading.Event | None = None) -> AgentServer:
-    server = AgentServer(socket_path, Agent(state_dir, pools_dir, sysfs))
-    if ready is not None:
-        ready.set()
-    return server
+def run(socket_path: Path, state_dir: Path, pools_dir: Path | None, sysfs: Path) -> AgentServer:
+    return AgentServer(socket_path, Agent(state_dir, pools_dir, sysfs))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -145,6 +145,14 @@ def fits_alone(nodes: int, gpus: int, sizes: list[int]) -> bool:
     return plan_gang(ClusterView(cluster), gang) is not None
 
 
+def declare_whole_gpu_gangs(queue: GangQueue, gangs: dict[str, list[int]]) -> None:
+    """Each gang's member r asks for sizes[r] whole GPUs."""
+    for name, sizes in gangs.items():
+        queue.declare(
+            Gang(name, tuple(PodSpec(f"{name}-{r}", num_gpu=s, gpu_milli=1000) for r, s in enumerate(sizes)))
+        )
+
+
 @settings(max_examples=150, deadline=None)
 @given(competing_gangs())
 def test_interleaved_gangs_never_deadlock(
@@ -154,10 +162,7 @@ def test_interleaved_gangs_never_deadlock(
     nodes, gpus, gangs, events = case
     cluster = small_cluster(nodes, gpus)
     queue = GangQueue(cluster)
-    for name, sizes in gangs.items():
-        queue.declare(
-            Gang(name, tuple(PodSpec(f"{name}-{r}", num_gpu=s, gpu_milli=1000) for r, s in enumerate(sizes)))
-        )
+    declare_whole_gpu_gangs(queue, gangs)
     for gang, rank in events:
         queue.arrive(gang, f"{gang}-{rank}")
         queue.cycle()
@@ -175,10 +180,7 @@ def test_the_117_interleaving_deadlocks_a_naive_scheduler_but_not_the_queue() ->
     assert naive_reserve_on_arrival(2, 8, events, gangs)
     cluster = small_cluster(2, 8)
     queue = GangQueue(cluster)
-    for name, sizes in gangs.items():
-        queue.declare(
-            Gang(name, tuple(PodSpec(f"{name}-{r}", num_gpu=s, gpu_milli=1000) for r, s in enumerate(sizes)))
-        )
+    declare_whole_gpu_gangs(queue, gangs)
     for gang, rank in events:
         queue.arrive(gang, f"{gang}-{rank}")
         queue.cycle()
