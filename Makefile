@@ -38,13 +38,13 @@ typecheck: setup
 	$(VENV)/bin/mypy netmanager scheduler railnet
 
 k8s-bin: setup
-	$(PY) -m railnet.k8sbin build
+	$(PY) -m railnet.dev.k8sbin build
 
 test: setup lint typecheck k8s-bin
 	$(PY) -m pytest -q tests --ignore=tests/bench
 
 demo: setup
-	$(PY) -m railnet.demo
+	$(PY) -m railnet.dev.demo
 
 bench: setup
 	@set -e; for b in tests/bench/bench_*.py; do echo "==> $$b"; $(PY) $$b; done

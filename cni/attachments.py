@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ipam.store import Database
+from ipam.sqlite import Database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS attachment (

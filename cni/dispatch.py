@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cni.attachments import AttachmentStore
-from cni.errors import INTERNAL, INVALID_CONFIG, IO_FAILURE, CniError
 from cni.ipam_calls import IpamCalls
-from cni.macvlan import MacvlanPlugin
-from cni.request import CniRequest
-from cni.versions import LATEST, SUPPORTED, convert_result
+from cni.macvlan.plugin import MacvlanPlugin
+from cni.spec.errors import INTERNAL, INVALID_CONFIG, IO_FAILURE, CniError
+from cni.spec.request import CniRequest
+from cni.spec.versions import LATEST, SUPPORTED, convert_result
 from ipam.plugin import IpamService
 
 log = logging.getLogger("railnet.cni")

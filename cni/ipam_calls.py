@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from cni.delegate import exec_plugin
-from cni.request import CniRequest
-from cni.versions import canonical_result
+from cni.spec.exec import exec_plugin
+from cni.spec.request import CniRequest
+from cni.spec.versions import canonical_result
 from ipam.plugin import IpamService
 
 IN_PROCESS = "railnet-ipam"

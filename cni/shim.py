@@ -13,7 +13,7 @@ import sys
 import time
 
 DEFAULT_SOCKET = "/run/railnet/agent.sock"
-SUPPORTED = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")  # keep equal to cni.versions.SUPPORTED
+SUPPORTED = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")  # keep equal to cni.spec.versions.SUPPORTED
 RETRY_DELAYS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8)  # EAGAIN: the agent's accept queue is full
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cni.errors import INVALID_CONFIG, UNSUPPORTED_FIELD, CniError
+from cni.spec.errors import INVALID_CONFIG, UNSUPPORTED_FIELD, CniError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

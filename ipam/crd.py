@@ -1,6 +1,6 @@
 """The IPPool custom resource (railnet.io/v1alpha1): the cluster-side description of an address pool.
 
-These pydantic models are the single owner of the IPPool schema: `python -m railnet.crdgen` turns them
+These pydantic models are the single owner of the IPPool schema: `python -m railnet.dev.crdgen` turns them
 into deploy/crds/ippools.railnet.io.yaml, and the IPAM code parses the objects it reads with them.
 Python attributes are snake_case; the Kubernetes form is camelCase (``model_dump(by_alias=True)``).
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from cni.errors import INVALID_CONFIG, NOT_AVAILABLE, CniError
-from cni.request import CniRequest
+from cni.spec.errors import INVALID_CONFIG, NOT_AVAILABLE, CniError
+from cni.spec.request import CniRequest
 from ipam.config import IPAddress, IpamConf, PoolSpec, parse_ipam
 from ipam.pools import PoolRegistry
 from ipam.store import Allocation, IpamStore

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from cni.errors import INVALID_CONFIG, CniError
+from cni.spec.errors import INVALID_CONFIG, CniError
 from ipam.config import PoolSpec, validation_error
 
 

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import ipaddress
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
-from cni.errors import INVALID_CONFIG, POOL_EXHAUSTED, CniError
+from cni.spec.errors import INVALID_CONFIG, POOL_EXHAUSTED, CniError
 from ipam.allocator import contains, next_free
 from ipam.config import IPAddress, PoolSpec, Range
+from ipam.sqlite import Database
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ipam_allocation (
@@ -51,43 +48,10 @@ class Allocation:
     ifname: str
 
 
-class Database:
-    """A SQLite file with one connection per thread (sqlite3 connections are not thread-safe)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self.ensure(_SCHEMA)
-
-    def ensure(self, schema: str) -> None:
-        """Create tables if missing (idempotent DDL; executescript commits by itself)."""
-        self.connection().executescript(schema)
-
-    def connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process crash
-            self._local.conn = conn
-        return conn
-
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        conn = self.connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-
-
 class IpamStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        db.ensure(_SCHEMA)
 
     def allocate(
         self,

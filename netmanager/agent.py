@@ -24,10 +24,11 @@ from typing import Any
 
 from cni.attachments import AttachmentStore
 from cni.dispatch import Dispatcher
-from cni.wire import ShimRequest, WireError, decode_request, encode_reply
+from cni.spec.wire import ShimRequest, WireError, decode_request, encode_reply
 from ipam.plugin import IpamService
 from ipam.pools import PoolRegistry
-from ipam.store import Database, IpamStore
+from ipam.sqlite import Database
+from ipam.store import IpamStore
 
 log = logging.getLogger("railnet.agent")
 MAX_REQUEST = 4 << 20  # a network config with a large prevResult still fits

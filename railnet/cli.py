@@ -11,10 +11,10 @@ import sys
 COMMANDS = {
     "agent": ("netmanager.agent", "run the node agent that serves the CNI shim"),
     "install-cni": ("cni.install", "install the CNI plugin files into a CNI bin dir"),
-    "demo": ("railnet.demo", "build a local lab and attach RoCE interfaces end to end"),
+    "demo": ("railnet.dev.demo", "build a local lab and attach RoCE interfaces end to end"),
     "topo": ("netmanager.topology.cli", "show this node's GPU/NIC/PCIe/NUMA topology"),
     "simulate": ("scheduler.simulate", "replay a cluster trace through the scheduler"),
-    "dev-cluster": ("railnet.devcluster", "run a local Kubernetes control plane (up|down|status)"),
+    "dev-cluster": ("railnet.dev.devcluster", "run a local Kubernetes control plane (up|down|status)"),
 }
 
 

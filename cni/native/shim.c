@@ -1,7 +1,7 @@
 /*
  * railnet CNI shim, native build: forwards one CNI call to the railnet node agent over its unix
  * socket and prints the answer. It does what cni/shim.py does, byte for byte, in a fraction of
- * the start-up time (no interpreter). Wire format: see cni/wire.py.
+ * the start-up time (no interpreter). Wire format: see cni/spec/wire.py.
  */
 #define _GNU_SOURCE /* memmem */
 #include <errno.h>

@@ -12,9 +12,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from railnet.dev.fixture_servers import FIXTURES
+from railnet.dev.fixtures import build_fixture, nvidia_smi_topo
+
 from .discover import discover
-from .fixture_servers import FIXTURES
-from .fixtures import build_fixture, nvidia_smi_topo
 from .model import NodeTopology
 from .render import render
 from .sysfs import TopologyError

@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from railnet.lab import REFERENCE_CNI_DIR, Lab, run_plugin  # noqa: E402
+from railnet.dev.lab import REFERENCE_CNI_DIR, Lab, run_plugin  # noqa: E402
 
 RANGES = [[{"subnet": "10.240.0.0/16"}]]
 

@@ -36,8 +36,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from railnet import k8sbin  # noqa: E402
-from railnet.devcluster import DevCluster, NodeSet, Options, running_cluster  # noqa: E402
+from railnet.dev import k8sbin  # noqa: E402
+from railnet.dev.devcluster import DevCluster, NodeSet, Options, running_cluster  # noqa: E402
 
 GPUS_PER_NODE = 16  # room for both phases: 2 x 5,000 one-GPU pods on 1,000 nodes
 

@@ -2,7 +2,7 @@
 
 One cluster per test session, owned by the pytest process (its processes die with it, even on
 SIGKILL); a fresh namespace per test; `apply` for manifests from deploy/. If the control-plane binaries
-are missing they are built before the first test (`railnet.k8sbin`); if that fails, every kube test
+are missing they are built before the first test (`railnet.dev.k8sbin`); if that fails, every kube test
 fails with the reason — they are never skipped.
 """
 
@@ -19,8 +19,8 @@ import pytest
 from kubernetes import client, config
 from kubernetes.dynamic import DynamicClient
 
-from railnet import k8sbin
-from railnet.devcluster import DevCluster, DevClusterError, NodeSet
+from railnet.dev import k8sbin
+from railnet.dev.devcluster import DevCluster, DevClusterError, NodeSet
 from tests.kube import kubeutil
 
 KUBE_DIR = Path(__file__).resolve().parent

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from railnet import devcluster
-from railnet.devcluster import DevCluster, _alive, _start_time
+from railnet.dev import devcluster
+from railnet.dev.devcluster import DevCluster, _alive, _start_time
 from tests.kube.kubeutil import REPO, wait_for
 
-CLI = [sys.executable, "-m", "railnet.devcluster"]
+CLI = [sys.executable, "-m", "railnet.dev.devcluster"]
 
 
 def _cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
@@ -112,7 +112,7 @@ def test_cluster_of_a_killed_test_run_dies_and_is_reaped(tmp_path: Path, monkeyp
     home = tmp_path / "home"
     script = textwrap.dedent("""
         import time
-        from railnet.devcluster import DevCluster, NodeSet
+        from railnet.dev.devcluster import DevCluster, NodeSet
         DevCluster("victim", owner=True).up(NodeSet(count=1), log=lambda _: None)
         print("UP", flush=True)
         time.sleep(600)

@@ -1,4 +1,4 @@
-"""railnet.k8sbin: where binaries live, when they count as built, and its errors."""
+"""railnet.dev.k8sbin: where binaries live, when they count as built, and its errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from railnet import k8sbin
+from railnet.dev import k8sbin
 
 
 def _fake_build(directory: Path, versions: dict[str, str]) -> None:

@@ -14,7 +14,7 @@ MANIFESTS = kubeutil.manifest_files()
 
 
 def test_deploy_has_manifests() -> None:
-    assert any("crds" in p.parts for p in MANIFESTS), "deploy/crds is empty: run python -m railnet.crdgen"
+    assert any("crds" in p.parts for p in MANIFESTS), "deploy/crds is empty: run python -m railnet.dev.crdgen"
 
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: str(p.relative_to(kubeutil.DEPLOY)))

@@ -11,9 +11,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from cni.wire import ShimRequest, encode_request
-from railnet.lab import links_in
-from tests.netns.conftest import Env, macvlan_conf
+from cni.spec.wire import ShimRequest, encode_request
+from railnet.dev.lab import links_in
+from tests.netns.helpers import Env, macvlan_conf
 
 
 def _kill_when_adding(env: Env, db: sqlite3.Connection, timeout: float = 5.0) -> bool:

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from cni import errors
-from railnet.lab import Lab, ip, links_in, run_plugin
-from tests.netns.conftest import Env, macvlan_conf
+from cni.spec import errors
+from railnet.dev.lab import Lab, ip, links_in, run_plugin
+from tests.netns.helpers import Env, macvlan_conf
 
 
 def host_links() -> set[str]:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from cni.versions import SUPPORTED
-from railnet.lab import ip, links_in
-from tests.netns.conftest import Env, macvlan_conf
+from cni.spec.versions import SUPPORTED
+from railnet.dev.lab import ip, links_in
+from tests.netns.helpers import Env, macvlan_conf
 
 DUAL = {"type": "railnet-ipam", "ranges": [[{"subnet": "10.91.0.0/24", "gateway": "10.91.0.254"}],
                                             [{"subnet": "fd00:91::/64"}]],
@@ -64,7 +64,7 @@ def test_policy_routing_per_nic(env: Env) -> None:
 
 
 def _pod_sysctl(netns_name: str, key: str) -> str:
-    from cni.netns import NetNS
+    from cni.linux.netns import NetNS
 
     with NetNS(f"/var/run/netns/{netns_name}") as ns:
         return ns.read_sysctl(key.replace("/", "."))

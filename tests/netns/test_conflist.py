@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from cni import conflist
-from cni.errors import CniError
-from cni.versions import SUPPORTED
-from railnet.lab import REFERENCE_CNI_DIR, ip, links_in
-from tests.netns.conftest import Env
+from cni.spec import conflist
+from cni.spec.errors import CniError
+from cni.spec.versions import SUPPORTED
+from railnet.dev.lab import REFERENCE_CNI_DIR, ip, links_in
+from tests.netns.helpers import Env
 
 
 def networks(nic: str, versions: list[str], data_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:

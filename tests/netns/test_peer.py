@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from cni.versions import SUPPORTED, convert_result
-from railnet.lab import REFERENCE_CNI_DIR, ip, links_in, run_plugin
-from tests.netns.conftest import Env
+from cni.spec.versions import SUPPORTED, convert_result
+from railnet.dev.lab import REFERENCE_CNI_DIR, ip, links_in, run_plugin
+from tests.netns.helpers import Env
 
 RANGES = [[{"subnet": "10.93.0.0/24", "rangeStart": "10.93.0.10", "gateway": "10.93.0.1"}],
           [{"subnet": "fd00:93::/64", "gateway": "fd00:93::1"}]]

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from railnet.lab import Lab, PluginCall, run_plugin
-from tests.netns.conftest import Env, macvlan_conf
+from railnet.dev.lab import Lab, PluginCall, run_plugin
+from tests.netns.helpers import Env, macvlan_conf
 
 
 @pytest.fixture

@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cni import errors
-from cni.errors import CniError
-from cni.request import CniRequest, parse_cni_args, validate_ifname
-from cni.versions import SUPPORTED, canonical_result, convert_result
+from cni.spec import errors
+from cni.spec.errors import CniError
+from cni.spec.request import CniRequest, parse_cni_args, validate_ifname
+from cni.spec.versions import SUPPORTED, canonical_result, convert_result
 
 RESULT = {
     "cniVersion": "1.1.0",
@@ -77,7 +77,8 @@ def test_state_database_failure_is_an_io_error(tmp_path) -> None:  # type: ignor
     from cni.dispatch import Dispatcher
     from ipam.plugin import IpamService
     from ipam.pools import PoolRegistry
-    from ipam.store import Database, IpamStore
+    from ipam.sqlite import Database
+    from ipam.store import IpamStore
 
     db = Database(tmp_path / "db")
     dispatcher = Dispatcher(IpamService(IpamStore(db), PoolRegistry(None)), AttachmentStore(db), tmp_path)

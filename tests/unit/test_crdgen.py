@@ -9,15 +9,15 @@ import yaml
 from pydantic import BaseModel, Field
 
 from ipam.crd import IPPool, IPPoolSpec
-from railnet import crdgen
+from railnet.dev import crdgen
 
 
 def test_checked_in_crds_equal_generated() -> None:
     files = crdgen.generated()
     on_disk = sorted(crdgen.CRD_DIR.glob("*.yaml"))
-    assert sorted(files) == on_disk, "run `python -m railnet.crdgen`"
+    assert sorted(files) == on_disk, "run `python -m railnet.dev.crdgen`"
     for path, text in files.items():
-        assert path.read_text() == text, f"{path.name} is stale: run `python -m railnet.crdgen`"
+        assert path.read_text() == text, f"{path.name} is stale: run `python -m railnet.dev.crdgen`"
 
 
 def test_check_mode_reports_clean_tree() -> None:

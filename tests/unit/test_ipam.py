@@ -14,10 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cni.errors import CniError
+from cni.spec.errors import CniError
 from ipam.allocator import next_free
 from ipam.config import IpamConf, PoolSpec, Range
-from ipam.store import Database, IpamStore
+from ipam.sqlite import Database
+from ipam.store import IpamStore
 
 SPEC = PoolSpec(ranges=[[Range(subnet="10.5.0.0/26", rangeStart="10.5.0.2", rangeEnd="10.5.0.40")],
                         [Range(subnet="fd00:5::/120")]], exclude=["10.5.0.10-10.5.0.12"])

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cni.wire import ShimRequest, WireError, decode_reply, decode_request, encode_reply, encode_request
+from cni.spec.wire import ShimRequest, WireError, decode_reply, decode_request, encode_reply, encode_request
 
 env_keys = st.text(st.characters(blacklist_characters="=\0", blacklist_categories=("Cs",)), min_size=1, max_size=12)
 env_values = st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), max_size=30)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from netmanager.topology.fixtures import BuiltServer, build_fixture
+from railnet.dev.fixtures import BuiltServer, build_fixture
 
 from .tmpfs import fast_tmp_base
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from netmanager.topology.cli import main
-from netmanager.topology.fixtures import build_fixture
 from netmanager.topology.model import NodeTopology
+from railnet.dev.fixtures import build_fixture
 
 
 def test_fixture_table(capsys: pytest.CaptureFixture[str]) -> None:
@@ -31,7 +31,7 @@ def test_fixture_json(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_sysfs_and_nvidia_smi_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from netmanager.topology.fixtures import nvidia_smi_topo
+    from railnet.dev.fixtures import nvidia_smi_topo
 
     built = build_fixture("hgx-a100", tmp_path / "sys")
     (tmp_path / "topo.txt").write_text(nvidia_smi_topo(built))

@@ -10,8 +10,8 @@ import pytest
 
 from netmanager.topology.cli import main
 from netmanager.topology.discover import discover
-from netmanager.topology.fixtures import BuiltServer
 from netmanager.topology.sysfs import TopologyError
+from railnet.dev.fixtures import BuiltServer
 
 Make = Callable[[str], BuiltServer]
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from netmanager.topology.discover import discover
-from netmanager.topology.fixture_servers import FIXTURES
-from netmanager.topology.fixtures import (
+from netmanager.topology.model import NodeTopology, Tier
+from railnet.dev.fixture_servers import FIXTURES
+from railnet.dev.fixtures import (
     BuiltServer,
     Gpu,
     HostBridge,
@@ -19,7 +20,6 @@ from netmanager.topology.fixtures import (
     build,
     nvidia_smi_topo,
 )
-from netmanager.topology.model import NodeTopology, Tier
 
 Make = Callable[[str], BuiltServer]
 S, R, N, K, X = Tier.SAME_SWITCH, Tier.SAME_ROOT, Tier.SAME_NUMA, Tier.SAME_SOCKET, Tier.CROSS_SOCKET

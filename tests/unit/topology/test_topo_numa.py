@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from netmanager.topology.discover import discover
-from netmanager.topology.fixtures import Gpu, HostBridge, Nic, RootPort, Server, build
 from netmanager.topology.model import Tier
 from netmanager.topology.numa import read_cpu_topology
 from netmanager.topology.sysfs import Sysfs, TopologyError, parse_cpulist
+from railnet.dev.fixtures import Gpu, HostBridge, Nic, RootPort, Server, build
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,10 @@ from collections.abc import Callable
 import pytest
 
 from netmanager.topology.discover import discover
-from netmanager.topology.fixtures import BuiltServer, nvidia_smi_topo
 from netmanager.topology.model import Tier
 from netmanager.topology.nvidia_smi import label_tier, parse_topo_matrix
 from netmanager.topology.sysfs import TopologyError
+from railnet.dev.fixtures import BuiltServer, nvidia_smi_topo
 
 Make = Callable[[str], BuiltServer]
 

@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 
 from netmanager.topology.discover import discover
-from netmanager.topology.fixtures import Gpu, HostBridge, Nic, RootPort, Server, Switch, build
 from netmanager.topology.pci import pci_sort_key, scan_pci
 from netmanager.topology.sysfs import Sysfs
+from railnet.dev.fixtures import Gpu, HostBridge, Nic, RootPort, Server, Switch, build
 
 
 def _function(directory: Path, vendor: str, device: str, pci_class: str) -> None:

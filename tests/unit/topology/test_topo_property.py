@@ -8,7 +8,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from netmanager.topology.discover import discover
-from netmanager.topology.fixture_spec import (
+from netmanager.topology.model import NodeTopology
+from netmanager.topology.nvidia_smi import parse_topo_matrix
+from netmanager.topology.refine import refine_with_smi
+from netmanager.topology.render import tier_label
+from railnet.dev.fixture_spec import (
     CLASS_NVME,
     Device,
     Endpoint,
@@ -19,11 +23,7 @@ from netmanager.topology.fixture_spec import (
     Server,
     Switch,
 )
-from netmanager.topology.fixtures import BuiltServer, build, nvidia_smi_topo
-from netmanager.topology.model import NodeTopology
-from netmanager.topology.nvidia_smi import parse_topo_matrix
-from netmanager.topology.refine import refine_with_smi
-from netmanager.topology.render import tier_label
+from railnet.dev.fixtures import BuiltServer, build, nvidia_smi_topo
 
 from .tmpfs import fast_tmp_base
 

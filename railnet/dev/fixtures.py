@@ -16,6 +16,9 @@ import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from netmanager.topology.model import Tier
+from netmanager.topology.pci import pci_sort_key
+
 from .fixture_spec import (
     CLASS_ETHERNET,
     CLASS_HOST_BRIDGE,
@@ -30,8 +33,6 @@ from .fixture_spec import (
     Server,
     Switch,
 )
-from .model import Tier
-from .pci import pci_sort_key
 
 DOMAIN = 0x0000
 IB_RATE_NAMES = {400: "4X NDR", 200: "4X HDR", 100: "4X EDR", 56: "4X FDR", 25: "1X EDR"}

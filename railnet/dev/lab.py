@@ -84,7 +84,7 @@ class AgentProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "netmanager.agent", "--socket", str(self.socket), "--state-dir",
              str(self.state_dir), "--pools-dir", str(self.pools_dir), "--sysfs", str(self.sysfs)],
-            stdout=log, stderr=log, cwd=Path(__file__).resolve().parent.parent)
+            stdout=log, stderr=log, cwd=Path(__file__).resolve().parents[2])
         log.close()
         deadline = time.monotonic() + timeout
         while not self.socket.exists():

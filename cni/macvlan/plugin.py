@@ -22,7 +22,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pyroute2 import IPRoute
 
 from cni.attachments import Attachment, AttachmentStore
-from cni.errors import (
+from cni.ipam_calls import IpamCalls
+from cni.linux.netns import NetNS
+from cni.linux.nic import resolve_master
+from cni.linux.rtnl import RT_SCOPE_LINK, Link, Rtnl, RtnlError
+from cni.spec.errors import (
     CHECK_FAILED,
     INTERFACE_EXISTS,
     INVALID_CONFIG,
@@ -32,12 +36,8 @@ from cni.errors import (
     NOT_AVAILABLE,
     CniError,
 )
-from cni.ipam_calls import IpamCalls
-from cni.master import resolve_master
-from cni.netns import NetNS
-from cni.request import CniRequest
-from cni.rtnl import RT_SCOPE_LINK, Link, Rtnl, RtnlError
-from cni.versions import canonical_result
+from cni.spec.request import CniRequest
+from cni.spec.versions import canonical_result
 from ipam.config import validation_error
 from ipam.plugin import valid_attachments
 

@@ -4,9 +4,9 @@ No release binaries can be downloaded where railnet is developed, but the Go mod
 reachable, so kube-apiserver, kube-controller-manager, kube-scheduler, etcd and kwok are compiled from
 their modules into a cache directory outside the repository and reused from there.
 
-    python -m railnet.k8sbin build     # build what is missing (fast no-op when everything is built)
-    python -m railnet.k8sbin path      # print the binary directory
-    python -m railnet.k8sbin status    # list the binaries; exit 1 if any is missing
+    python -m railnet.dev.k8sbin build     # build what is missing (fast no-op when everything is built)
+    python -m railnet.dev.k8sbin path      # print the binary directory
+    python -m railnet.dev.k8sbin status    # list the binaries; exit 1 if any is missing
 
 k8s.io/kubernetes and go.etcd.io/etcd/server/v3 cannot be `go install`ed (their go.mod files carry
 `replace` directives), so each component is built inside a throw-away wrapper module generated in the
@@ -157,7 +157,7 @@ def binary(name: str) -> Path:
     """Path of one built binary; raises BuildError if it has not been built."""
     directory = bin_dir()
     if name in missing(directory):
-        raise BuildError(f"{name} is not built in {directory}: run `make k8s-bin` (python -m railnet.k8sbin build)")
+        raise BuildError(f"{name} is not built in {directory}: run `make k8s-bin` (python -m railnet.dev.k8sbin build)")
     return directory / name
 
 
@@ -391,7 +391,7 @@ def build(force: bool = False, log: Log = _say) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m railnet.k8sbin", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m railnet.dev.k8sbin", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build missing binaries (no-op when built)")
     b.add_argument("--force", action="store_true", help="rebuild even if present")
@@ -413,10 +413,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         build(force=args.force)
     except BuildError as exc:
-        print(f"railnet.k8sbin: error: {exc}", file=sys.stderr)
+        print(f"railnet.dev.k8sbin: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("railnet.k8sbin: interrupted", file=sys.stderr)
+        print("railnet.dev.k8sbin: interrupted", file=sys.stderr)
         return 130
     return 0
 

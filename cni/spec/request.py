@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from cni.errors import DECODE_FAILURE, INVALID_CONFIG, INVALID_ENVIRONMENT, UNKNOWN_CONTAINER, CniError
-from cni.versions import LATEST, SUPPORTED, require_supported
+from cni.spec.errors import DECODE_FAILURE, INVALID_CONFIG, INVALID_ENVIRONMENT, UNKNOWN_CONTAINER, CniError
+from cni.spec.versions import LATEST, SUPPORTED, require_supported
 
 COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION")
 # Same rule as libcni's ValidateContainerID.

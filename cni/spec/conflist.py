@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from cni.delegate import exec_plugin
-from cni.errors import INCOMPATIBLE_VERSION, INVALID_CONFIG, CniError
-from cni.versions import SUPPORTED
+from cni.spec.errors import INCOMPATIBLE_VERSION, INVALID_CONFIG, CniError
+from cni.spec.exec import exec_plugin
+from cni.spec.versions import SUPPORTED
 
 
 def _key(version: str) -> tuple[int, ...]:

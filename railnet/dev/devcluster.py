@@ -2,13 +2,13 @@
 
 `up` starts etcd, kube-apiserver (TLS, self-made PKI, admin kubeconfig, service-account keys),
 kube-controller-manager, kube-scheduler and kwok (simulated nodes whose pods reach Running), all on
-127.0.0.1 with free ports, from the binaries `railnet.k8sbin` builds. The processes outlive `up`;
+127.0.0.1 with free ports, from the binaries `railnet.dev.k8sbin` builds. The processes outlive `up`;
 their pids, ports and start times are recorded in the cluster's state directory so that `down` (or the
 next `up`) can stop exactly them.
 
-    python -m railnet.devcluster up [--name N] [--nodes 3] [--label k=v] [--capacity nvidia.com/gpu=8]
-    python -m railnet.devcluster status [--name N]
-    python -m railnet.devcluster down [--name N]
+    python -m railnet.dev.devcluster up [--name N] [--nodes 3] [--label k=v] [--capacity nvidia.com/gpu=8]
+    python -m railnet.dev.devcluster status [--name N]
+    python -m railnet.dev.devcluster down [--name N]
 
 State: $RAILNET_DEV_CLUSTER_HOME/<name> (default ~/.cache/railnet/dev-cluster/<name>); `--state-dir`
 picks an exact directory. Test fixtures start clusters with `owner=True`: their processes get
@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from railnet import k8sbin
+from railnet.dev import k8sbin
 
 ENV_HOME: Final = "RAILNET_DEV_CLUSTER_HOME"
 DEFAULT_NAME: Final = "railnet"
@@ -692,7 +692,7 @@ def _kwok_config(bins: Path, opt: Options) -> str:
     stages_dir = k8sbin.asset_dir("kwok", bins)
     stages = sorted(stages_dir.glob("*.yaml"))
     if not stages:
-        raise DevClusterError(f"no kwok stages in {stages_dir}: run `python -m railnet.k8sbin build`")
+        raise DevClusterError(f"no kwok stages in {stages_dir}: run `python -m railnet.dev.k8sbin build`")
     config = {
         "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
         "kind": "KwokConfiguration",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cni.errors import INVALID_CONFIG, MASTER_NOT_FOUND, CniError
+from cni.spec.errors import INVALID_CONFIG, MASTER_NOT_FOUND, CniError
 
 
 def _netdevs_under(device_dir: Path) -> list[str]:

@@ -7,7 +7,7 @@ import os
 import subprocess
 from typing import Any
 
-from cni.errors import DELEGATE_FAILED, INVALID_CONFIG, CniError
+from cni.spec.errors import DELEGATE_FAILED, INVALID_CONFIG, CniError
 
 
 def find_plugin(plugin_type: str, cni_path: list[str]) -> str:

@@ -17,8 +17,8 @@ import threading
 import time
 from typing import Any
 
-from cni.netns import NetNS, entered
-from railnet.lab import Lab, PluginCall, ip, links_in, run_plugin
+from cni.linux.netns import NetNS, entered
+from railnet.dev.lab import Lab, PluginCall, ip, links_in, run_plugin
 
 POOL = {"ranges": [[{"subnet": "10.250.0.0/24", "rangeStart": "10.250.0.10"}],
                    [{"subnet": "fd00:250::/64"}]]}

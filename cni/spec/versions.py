@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from cni.errors import INCOMPATIBLE_VERSION, CniError
+from cni.spec.errors import INCOMPATIBLE_VERSION, CniError
 
 SUPPORTED = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST = SUPPORTED[-1]
