@@ -22,6 +22,9 @@ from ipam.plugin import IpamService
 
 log = logging.getLogger("railnet.cni")
 
+# The plugin names the agent serves; `railnet install-cni` installs the shim under exactly these.
+SERVED_PLUGINS = ("railnet-macvlan", "railnet-ipam")
+
 
 class Plugin(Protocol):
     def add(self, req: CniRequest) -> dict[str, Any]: ...
