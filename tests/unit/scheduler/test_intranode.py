@@ -7,7 +7,7 @@ import random
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sched_reference import brute_force_plan
+from tests.unit.scheduler.sched_reference import brute_force_plan
 
 from scheduler.device_fragmentation import device_fragmentation
 from scheduler.intranode import DeviceRequest, plan_devices
