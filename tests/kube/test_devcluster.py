@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -61,15 +60,12 @@ def test_cli_up_status_down(tmp_path: Path) -> None:
     stale, record = _sleeper()
     (stale_dir / "state.json").write_text(json.dumps({"processes": {"etcd": record}}))
     try:
-        start = time.monotonic()
         up = _cli("up", "--name", "cli", "--nodes", "2", "--label", "railnet.io/rack=r{i}",
                   "--capacity", "nvidia.com/gpu=4", home=home)
-        took = time.monotonic() - start
         assert up.returncode == 0, up.stderr + up.stdout
         assert stale.wait(timeout=5) is not None, "up did not stop the stale cluster's process"
         kubeconfig = Path(up.stdout.strip().splitlines()[-1])
         assert kubeconfig == stale_dir / "kubeconfig" and kubeconfig.exists()
-        assert took < 30, f"up took {took:.1f}s"
 
         status = _cli("status", "--name", "cli", home=home)
         assert status.returncode == 0, status.stdout + status.stderr

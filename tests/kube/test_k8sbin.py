@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -43,14 +42,12 @@ def test_binaries_of_another_version_count_as_missing(tmp_path: Path) -> None:
     assert k8sbin.missing(tmp_path) == ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"]
 
 
-def test_built_tree_is_a_fast_noop(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_built_tree_is_a_noop(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     _fake_build(tmp_path, {})
     monkeypatch.setenv(k8sbin.ENV_BIN_DIR, str(tmp_path))
     monkeypatch.setenv("PATH", "")  # proves no `go` is run
     said: list[str] = []
-    start = time.monotonic()
     assert k8sbin.build(log=said.append) == tmp_path
-    assert time.monotonic() - start < 1.0
     assert said == [f"==> k8s binaries up to date in {tmp_path}"]
 
 

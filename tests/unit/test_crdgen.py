@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,9 +21,21 @@ def test_checked_in_crds_equal_generated() -> None:
         assert path.read_text() == text, f"{path.name} is stale: run `python -m railnet.dev.crdgen`"
 
 
-def test_check_mode_reports_clean_tree() -> None:
+def test_check_mode_catches_stale_and_extra_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # The clean-tree case is test_checked_in_crds_equal_generated; this one proves --check can fail.
+    files = crdgen.generated()
+    monkeypatch.setattr(crdgen, "CRD_DIR", tmp_path)
+    for path, text in files.items():
+        (tmp_path / path.name).write_text(text)
     out: list[str] = []
     assert crdgen.main(["--check"], out=out.append) == 0, "\n".join(out)
+    first = tmp_path / sorted(files)[0].name
+    first.write_text(first.read_text() + "# edited by hand\n")
+    assert crdgen.main(["--check"], out=out.append) == 1
+    assert "-# edited by hand" in "".join(out)
+    first.write_text(files[sorted(files)[0]])
+    (tmp_path / "orphan.yaml").write_text("kind: Nothing\n")
+    assert crdgen.main(["--check"], out=out.append) == 1
 
 
 def _walk(schema: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
