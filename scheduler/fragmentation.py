@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from scheduler.model import PodSpec
@@ -56,6 +56,13 @@ def typical_shapes(
     counts: Counter[Shape] = Counter()
     for pod in pods:
         counts[Shape.of(pod, with_memory)] += pod.total_gpu_milli if by_gpu_demand else 1
+    return typical_from_counts(counts, threshold)
+
+
+def typical_from_counts(
+    counts: Mapping[Shape, int], threshold: float = POPULARITY_THRESHOLD
+) -> list[tuple[Shape, float]]:
+    """``typical_shapes`` from shape counts (lets a policy keep counts of the pods seen so far)."""
     total = sum(counts.values())
     ranked = sorted(
         counts.items(),

@@ -13,14 +13,20 @@ Across nodes (homogeneous gangs, the common case of N identical workers):
    node, then a leaf, then a spine.
 
 Gangs whose members differ (say a launcher plus workers) are placed greedily, member by member in
-rank order, trying narrow domains first. Both paths reserve in a ``ClusterView``; the caller
+rank order, trying narrow domains first.
+
+A one-pod job is not a gang problem: it goes through ``policies.decide`` with the railnet policy
+(the one the trace replay measures), learning its workload from the pods planned on the cluster.
+Multi-member gangs keep the domain/slot logic above: their objective is network locality and
+all-or-nothing, which a per-node score does not express. Both paths reserve in a ``ClusterView``; the caller
 commits the view, so a gang that does not fit never holds capacity.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import TypeVar
 
@@ -28,8 +34,11 @@ from scheduler.domains import DomainId
 from scheduler.intranode import DeviceRequest, plan_devices
 from scheduler.model import Allocation, ModelError, Node, PodSpec
 from scheduler.placement import place_on_node
+from scheduler.policies import Hint, Policy, Score, decide, live_policy, state_key
 from scheduler.topology import CompactTopology
 from scheduler.view import ClusterView
+
+_TIES = random.Random(0)  # only a uniform (random) policy draws from it
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,22 +72,26 @@ class GangPlan:
     domain: DomainId
 
 
-def plan_gang(view: ClusterView, gang: Gang) -> GangPlan | None:
-    """Reserve the gang in ``view`` and return the plan, or return None and leave ``view`` as it was."""
+def plan_gang(view: ClusterView, gang: Gang, policy: Policy | None = None) -> GangPlan | None:
+    """Reserve the gang in ``view`` and return the plan, or return None and leave ``view`` as it was.
+
+    ``policy`` places one-pod jobs (default: the cluster's live railnet policy)."""
     if len(gang.members) == 1:
-        return _plan_single(view, gang)
+        return _plan_single(view, gang, policy or live_policy(view.cluster))
     shape = gang.members[0].shape()
     if all(m.shape() == shape for m in gang.members):
         return _plan_homogeneous(view, gang)
     return _plan_greedy(view, gang)
 
 
-def plan_gangs(view: ClusterView, gangs: Sequence[Gang]) -> list[GangPlan] | None:
+def plan_gangs(
+    view: ClusterView, gangs: Sequence[Gang], policy: Policy | None = None
+) -> list[GangPlan] | None:
     """A gang group: all gangs placed together, or none (Koordinator's GangGroup semantics)."""
     trial = view.child()
     plans = []
     for gang in gangs:
-        plan = plan_gang(trial, gang)
+        plan = plan_gang(trial, gang, policy)
         if plan is None:
             return None
         plans.append(plan)
@@ -86,16 +99,30 @@ def plan_gangs(view: ClusterView, gangs: Sequence[Gang]) -> list[GangPlan] | Non
     return plans
 
 
-def _plan_single(view: ClusterView, gang: Gang) -> GangPlan | None:
-    """One pod: the tightest node that fits (best fit by free GPUs), found through the index."""
+def _plan_single(view: ClusterView, gang: Gang, policy: Policy) -> GangPlan | None:
+    """One pod: the node ``policy`` scores best (``decide``, as in the trace replay); ties go to the
+    tightest node (best fit by free GPUs, the index order). Nodes in one state are scored once."""
     pod = gang.members[0]
-    for index in _candidates(view, pod):
-        alloc = place_on_node(view.node(index), pod, group=gang.name)
-        if alloc is not None:
-            view.reserve(alloc)
-            domains = view.cluster.domains
-            return GangPlan(gang.name, (alloc,), 0, domains.domain_of(index, 0))
-    return None
+    policy.observe(pod)
+    scored: dict[tuple[object, ...], tuple[Score, Hint] | None] = {}
+
+    def evaluate(cand: tuple[int, int]) -> tuple[Score, Hint] | None:
+        node = view.node(cand[1])
+        key = state_key(node)
+        if key not in scored:
+            scored[key] = policy.evaluate(node, pod)
+        return scored[key]
+
+    chosen = decide(policy, pod, enumerate(_candidates(view, pod)), evaluate, lambda c: (c[0],), _TIES)
+    if chosen is None:
+        return None
+    (_, index), hint, _ = chosen
+    alloc = policy.allocate(view.node(index), pod, hint, _TIES)
+    if alloc is None:
+        return None
+    alloc = replace(alloc, group=gang.name)
+    view.reserve(alloc)
+    return GangPlan(gang.name, (alloc,), 0, view.cluster.domains.domain_of(index, 0))
 
 
 # -- homogeneous gangs --------------------------------------------------------------------------

@@ -27,14 +27,13 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 from scheduler.devices import set_score
 from scheduler.intranode import DeviceRequest, plan_devices
 from scheduler.model import Allocation, Cluster, Node, PodSpec, new_node
-from scheduler.policies import Hint, Policy, Score
+from scheduler.policies import Hint, Policy, Score, decide, state_key, varied
 from scheduler.synthetic import hgx_like
-from scheduler.topology import CompactTopology, Tier, uniform
+from scheduler.topology import Tier, uniform
 from scheduler.trace import NodeRow
 
 CHECKPOINTS = (100, 130)
@@ -76,7 +75,6 @@ def arrival_order(
         total += pod.total_gpu_milli
         copies += 1
     return order
-
 
 
 @dataclass
@@ -144,9 +142,9 @@ class _StateClass:
         self.scores: dict[tuple[object, ...], tuple[Score, Hint] | None] = {}
 
 
-
 class ReplayEngine:
-    """Places arriving pods with a policy; nodes in identical states are scored once.
+    """Places arriving pods with a policy through ``policies.decide``; nodes in identical states are
+    scored once (per pod shape, until the policy's learned workload changes).
 
     ``rank`` orders the nodes for tie-breaks: among equal scores the node with the lowest rank
     wins (a per-seed random permutation reproduces the FGD simulator's behaviour).
@@ -165,25 +163,10 @@ class ReplayEngine:
         self._key_of: list[tuple[object, ...]] = []
         self._slot: list[int] = []
         for node in self.cluster.nodes:
-            key = self._key(node)
+            key = state_key(node)
             self._key_of.append(key)
             self._slot.append(0)
             self._class_of.append(self._enter(node.index, key))
-
-    @staticmethod
-    def _key(node: Node) -> tuple[object, ...]:
-        topo = node.topology
-        devices = (node.whole_free, node.nic_free) if topo.n_nics or _non_uniform(node) else None
-        return (
-            node.gpu_model,
-            node.cpu_milli,
-            node.memory_mib,
-            topo.topo_id,
-            node.cpu_free,
-            node.memory_free,
-            tuple(sorted(node.gpu_free_milli)),
-            devices,
-        )
 
     def _enter(self, index: int, key: tuple[object, ...]) -> _StateClass:
         group = self._classes.get(key)
@@ -212,42 +195,40 @@ class ReplayEngine:
         return heap[0]
 
     def place(self, pod: PodSpec) -> Allocation | None:
+        if self.policy.observe(pod):  # the policy's learned workload changed: cached scores are stale
+            for group in self._classes.values():
+                group.scores.clear()
         shape = pod.shape()
-        uniform = self.policy.uniform
-        best: Score | None = None
-        tied: list[tuple[_StateClass, Hint]] = []
-        for group in self._classes.values():
+        nodes = self.cluster.nodes
+
+        def evaluate(group: _StateClass) -> tuple[Score, Hint] | None:
             scores = group.scores
             if shape in scores:
-                entry = scores[shape]
-            else:
-                entry = scores[shape] = self.policy.evaluate(self.cluster.nodes[group.members[0]], pod)
-            if entry is None:
-                continue
-            score, hint = entry
-            if best is None or score > best:
-                best, tied = score, [(group, hint)]
-            elif score == best:
-                tied.append((group, hint))
-        if best is None:
+                return scores[shape]
+            entry = scores[shape] = self.policy.evaluate(nodes[group.members[0]], pod)
+            return entry
+
+        chosen = decide(
+            self.policy,
+            pod,
+            list(self._classes.values()),
+            evaluate,
+            self._first,
+            self.rng,
+            lambda group: len(group.members),
+        )
+        if chosen is None:
             return None
-        if uniform:
-            pick = self.rng.randrange(sum(len(g.members) for g, _ in tied))
-            for group, group_hint in tied:
-                if pick < len(group.members):
-                    index, hint = group.members[pick], group_hint
-                    break
-                pick -= len(group.members)
-        else:
-            (_, index), hint = min(((self._first(g), h) for g, h in tied), key=lambda item: item[0])
-        node = self.cluster.nodes[index]
+        group, hint, member = chosen
+        index = group.members[member] if self.policy.uniform else self._first(group)[1]
+        node = nodes[index]
         alloc = self.policy.allocate(node, pod, hint, self.rng)
         if alloc is None:
             return None
         self._record_topology(node, pod, alloc)
         self.cluster.apply(alloc)
         old = self._key_of[index]
-        new = self._key(node)
+        new = state_key(node)
         if new != old:
             self._leave(index, old)
             self._key_of[index] = new
@@ -258,7 +239,7 @@ class ReplayEngine:
         topo = node.topology
         if pod.shares_gpu or not alloc.gpus:
             return
-        if len(alloc.gpus) >= 2 and _non_uniform(node):
+        if len(alloc.gpus) >= 2 and varied(topo):
             best = plan_devices(topo, node.whole_free, 0, DeviceRequest(len(alloc.gpus)))
             self.stats.multi_gpu_pods += 1
             self.stats.at_best_tier += best is not None and topo.gpu_set_tier(alloc.gpus) <= best.gpu_tier
@@ -268,17 +249,6 @@ class ReplayEngine:
             self.stats.rail_gpus += len(alloc.gpus)
             close = {g for g, k in alloc.rails if topo.gpu_nic[g][k] <= Tier.SAME_SWITCH}
             self.stats.same_switch_rail += len(close)
-
-
-def _non_uniform(node: Node) -> bool:
-    return _varied(node.topology)
-
-
-@lru_cache(maxsize=256)
-def _varied(topo: CompactTopology) -> bool:
-    """True when GPU pairs sit at different tiers, i.e. the node's topology is known."""
-    values = {v for i, row in enumerate(topo.gpu_gpu) for j, v in enumerate(row) if i != j}
-    return len(values) > 1
 
 
 def replay(
@@ -292,6 +262,7 @@ def replay(
 ) -> ReplayResult:
     """One seed of the published methodology for one policy."""
     started = time.perf_counter()
+    policy.reset()  # a policy that learns from arriving pods starts each replay knowing none
     nodes = build_nodes(rows, topology)
     capacity = sum(n.gpu_count for n in nodes) * 1000
     rng = random.Random(seed)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 from scheduler.domains import DEFAULT_DOMAIN_KEYS
 from scheduler.model import Cluster, new_node
@@ -125,3 +126,58 @@ def fabric_cluster(
             new_node(i, f"node-{i:05d}", cpu_milli, memory_mib, gpu_model, gpus_per_node, topo, labels)
         )
     return Cluster(built)
+
+
+# -- a generated trace in the openb CSV format (for runs without the real trace) ---------------
+
+OPENB_NODE_COLUMNS = "sn,cpu_milli,memory_mib,gpu,model"
+OPENB_POD_COLUMNS = "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec"
+# (GPUs, CPU milli, memory MiB, model, share of nodes): a small mix of openb-like node types
+_NODE_TYPES: tuple[tuple[int, int, int, str, float], ...] = (
+    (8, 96_000, 786_432, "V100M32", 0.35),
+    (8, 96_000, 393_216, "G2", 0.25),
+    (4, 64_000, 262_144, "T4", 0.15),
+    (2, 64_000, 262_144, "P100", 0.15),
+    (1, 32_000, 131_072, "G3", 0.10),
+)
+# (num_gpu, gpu_milli, CPU milli, memory MiB, weight): shares, whole GPUs, CPU-only pods
+_POD_TYPES: tuple[tuple[int, int, int, int, int], ...] = (
+    (1, 1000, 8_000, 30_000, 30),
+    (1, 500, 4_000, 15_000, 12),
+    (1, 250, 2_000, 8_000, 8),
+    (1, 460, 6_000, 12_288, 6),
+    (1, 810, 12_000, 24_576, 4),
+    (2, 1000, 16_000, 60_000, 6),
+    (4, 1000, 32_000, 120_000, 4),
+    (8, 1000, 64_000, 240_000, 3),
+    (0, 0, 12_000, 32_000, 12),
+    (0, 0, 32_000, 49_152, 3),
+)
+
+
+def openb_like_trace(
+    directory: Path, seed: int = 0, nodes: int = 150, pods: int = 1000, multi_gpu_share: float = 0.5
+) -> Path:
+    """Write ``openb_node_list_gpu_node.csv``, ``openb_pod_list_default.csv`` and
+    ``openb_pod_list_multigpu50.csv`` (``multi_gpu_share`` of the GPU pods ask several whole
+    GPUs) in the openb columns; returns ``directory``. Synthetic numbers, no relation to openb's."""
+    rng = random.Random(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = [t[4] for t in _NODE_TYPES]
+    lines = [OPENB_NODE_COLUMNS]
+    for i in range(nodes):
+        gpus, cpu, mem, model, _ = rng.choices(_NODE_TYPES, weights)[0]
+        lines.append(f"openb-node-{i:04d},{cpu},{mem},{gpus},{model}")
+    (directory / "openb_node_list_gpu_node.csv").write_text("\n".join(lines) + "\n")
+    models = sorted({t[3] for t in _NODE_TYPES})
+    for name, multi in (("default", None), ("multigpu50", multi_gpu_share)):
+        lines = [OPENB_POD_COLUMNS]
+        for i in range(pods):
+            kinds = _POD_TYPES
+            if multi is not None and rng.random() < multi:
+                kinds = tuple(t for t in _POD_TYPES if t[0] > 1)
+            num_gpu, milli, cpu, mem, _ = rng.choices(kinds, [t[4] for t in kinds])[0]
+            spec = rng.choice(models) if num_gpu and rng.random() < 0.05 else ""
+            lines.append(f"openb-pod-{i:04d},{cpu},{mem},{num_gpu},{milli},{spec}")
+        (directory / f"openb_pod_list_{name}.csv").write_text("\n".join(lines) + "\n")
+    return directory

@@ -13,7 +13,7 @@ from scheduler.devices import FirstFitAllocator, GpuAllocatorBaseline, JointAllo
 from scheduler.fragmentation import FragmentationModel, Shape, typical_shapes
 from scheduler.intranode import DeviceRequest
 from scheduler.model import PodSpec, new_node
-from scheduler.policies import BestFitPolicy, FgdPolicy, RailnetPolicy, make_policy
+from scheduler.policies import BestFitPolicy, FgdPolicy, RailnetPolicy, make_policy, state_key
 from scheduler.progress import ProgressBar
 from scheduler.replay import ReplayEngine, ReplayResult, TopologyStats, arrival_order, build_nodes, replay
 from scheduler.simulate import main
@@ -122,7 +122,7 @@ def test_engine_state_classes_stay_consistent() -> None:
         members = sorted(i for group in engine._classes.values() for i in group.members)
         assert members == [0, 1, 2]
         for index, key in enumerate(engine._key_of):
-            assert key == engine._key(engine.cluster.nodes[index])
+            assert key == state_key(engine.cluster.nodes[index])
     assert engine.cluster.gpu_allocated_milli <= engine.cluster.gpu_capacity_milli
 
 
@@ -144,7 +144,10 @@ def test_fgd_packs_shares_into_partly_used_gpus() -> None:
 
 def test_railnet_avoids_stranding_gpus_without_cpu() -> None:
     pods = [PodSpec(f"g{i}", 8000, 100, 1, 1000) for i in range(8)]
-    policy = RailnetPolicy(FragmentationModel(typical_shapes(pods)), cpu_per_gpu=8000.0)
+    policy = RailnetPolicy()
+    for pod in pods:  # the policy learns its workload (8 CPU cores per GPU) from arrived pods
+        policy.observe(pod)
+    assert policy.cpu_per_gpu == 8000.0
     fgd = FgdPolicy(FragmentationModel(typical_shapes(pods)))
     lean = new_node(0, "lean", 32_000, 64_000, "G2", 4)  # CPU for exactly its 4 GPUs
     rich = new_node(1, "rich", 32_000, 64_000, "G2", 0)  # no GPUs
