@@ -1,8 +1,10 @@
 """Running a network config list the way libcni does (the runtime's side of the spec).
 
-railnet's meta plugin uses it to delegate to the primary network; tests use it to run real
-conflists. ADD runs the plugins in order, each getting the previous result as `prevResult`;
-DEL runs them in reverse with the final ADD result; CHECK passes the final result to each.
+No railnet plugin calls it yet: today the tests use it to run real conflists through the shim
+and the reference plugins (tests/netns/test_conflist.py). The planned `railnet` meta plugin will
+use it to delegate to the pod's primary network. ADD runs the plugins in order, each getting the
+previous result as `prevResult`; DEL runs them in reverse with the final ADD result; CHECK passes
+the final result to each.
 """
 
 from __future__ import annotations
