@@ -1,4 +1,6 @@
-"""kube-scheduler on the dev control plane: 1,000 kwok nodes, 5,000 pods created and bound.
+"""BASELINE, not a railnet result: stock kube-scheduler on the dev control plane, 1,000 kwok nodes,
+5,000 pods created and bound. No railnet code runs here; these numbers are the kube-scheduler
+ceiling that railnet's scheduler will be compared against once it binds pods through the API.
 
     .venv/bin/python tests/bench/bench_kube_scheduler.py [--nodes 1000] [--pods 5000] [--json]
 
@@ -252,6 +254,11 @@ def main(argv: list[str] | None = None) -> int:
 
     k8sbin.build()
     print(
+        "==> BASELINE: stock kube-scheduler, no railnet code runs in this benchmark; the numbers are "
+        "what later railnet scheduler work will be compared against",
+        flush=True,
+    )
+    print(
         f"==> bench: {args.nodes} kwok nodes, {args.pods} pods per phase, kube-scheduler "
         f"{k8sbin.KUBERNETES_VERSION}, {os.cpu_count()} CPUs",
         flush=True,
@@ -259,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     # 1,000 nodes renewing 40 s leases would cost 100 writes/s on 2 cores; 200 s leases cost 20/s.
     options = Options(node_lease_seconds=200, kwok_parallelism=16, kwok_log_level="WARN")
     results: dict[str, Any] = {
+        "what": "baseline: stock kube-scheduler, no railnet code",
         "nodes": args.nodes,
         "pods_per_phase": args.pods,
         "kubernetes": k8sbin.KUBERNETES_VERSION,

@@ -21,12 +21,18 @@ Figures: share of multi-GPU pods whose GPU set has the best tier the node offere
 go-gpuallocator's own mean pair score per pod (higher is closer), share of GPUs whose rail NIC is
 under the same PCIe switch, and the allocation % (unchanged by device choice up to tie effects).
 
-Environment: ``RAILNET_OPENB_DIR``, ``RAILNET_BENCH_SEEDS`` (default 5 here: 18 replays per seed).
+Each allocator also chooses the NICs of GPU-share pods its own way (``policies.share_nics``):
+railnet's joint planner keeps the rails of free GPUs intact, the baselines take the nearest free
+NIC, as they do for whole GPUs.
+
+Options: ``--openb-dir DIR`` (or ``RAILNET_OPENB_DIR``; without it a generated trace in the openb
+format is replayed, and the script says so), ``--seeds N`` (default 1: 18 replays per seed; the
+report uses 5).
 """
 
 from __future__ import annotations
 
-import os
+import argparse
 import statistics
 import sys
 import time
@@ -34,14 +40,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from openb import HOW_TO_GET, TRACES, TraceSource, add_option, resolve  # noqa: E402
 
 from scheduler.devices import DeviceAllocator, FirstFitAllocator, GpuAllocatorBaseline, JointAllocator  # noqa: E402
 from scheduler.policies import make_policy  # noqa: E402
 from scheduler.replay import FIRST_SEED, ReplayResult, replay  # noqa: E402
 from scheduler.trace import load_nodes, load_pods  # noqa: E402
 
-OPENB = Path(os.environ.get("RAILNET_OPENB_DIR", REPO / ".." / "shared" / "traces" / "openb"))
-SEEDS = int(os.environ.get("RAILNET_BENCH_SEEDS", "5"))
 SCENARIOS = (
     ("rails only: NICs are taken with their GPUs", 0, 0),
     ("rails + one RDMA NIC per CPU-only pod", 1, 0),
@@ -56,30 +63,33 @@ def mean(values: list[float | int | None]) -> float:
 
 
 def run(
-    trace: str, allocator: DeviceAllocator, cpu_nics: int, share_nics: int
+    source: TraceSource, trace: str, allocator: DeviceAllocator, cpu_nics: int, share_nics: int, seeds: range
 ) -> tuple[list[ReplayResult], float]:
-    rows = load_nodes(OPENB / "openb_node_list_gpu_node.csv")
-    pods = load_pods(OPENB / f"openb_pod_list_{trace}.csv")
+    rows = load_nodes(source.nodes())
+    pods = load_pods(source.pods(trace))
     started = time.perf_counter()
     results = [
         replay(
             rows, pods, make_policy("railnet", pods, allocator, cpu_nics, share_nics), seed, topology="hgx"
         )
-        for seed in range(FIRST_SEED, FIRST_SEED + SEEDS)
+        for seed in seeds
     ]
     return results, time.perf_counter() - started
 
 
-def main() -> int:
-    if not (OPENB / "openb_node_list_gpu_node.csv").exists():
-        print(f"openb trace not found in {OPENB} (set RAILNET_OPENB_DIR)", file=sys.stderr)
-        return 2
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="device choice quality on the openb replay")
+    add_option(parser)
+    parser.add_argument("--seeds", type=int, default=1, help="seeds 42 upwards (report: 5)")
+    args = parser.parse_args(argv)
+    source = resolve(args.openb_dir)
+    seeds = range(FIRST_SEED, FIRST_SEED + args.seeds)
     print(
-        f"Topology quality on the openb replay, HGX-like 8-GPU nodes, seeds {FIRST_SEED}..{FIRST_SEED + SEEDS - 1}"
+        f"Topology quality on the {source.label()} replay, HGX-like 8-GPU nodes, seeds {seeds[0]}..{seeds[-1]}"
     )
-    for (scenario, cpu_nics, share_nics), trace in [
-        (sc, t) for sc in SCENARIOS for t in ("default", "multigpu50")
-    ]:
+    if not source.real:
+        print(f"NOT openb: a generated trace in its format. {HOW_TO_GET}.")
+    for (scenario, cpu_nics, share_nics), trace in [(sc, t) for sc in SCENARIOS for t in TRACES]:
         print()
         print(f"trace {trace}, {scenario}")
         print()
@@ -90,7 +100,7 @@ def main() -> int:
         print("|---|---|---|---|---|---|---|---|---|")
         rows = []
         for allocator in ALLOCATORS:
-            results, seconds = run(trace, allocator, cpu_nics, share_nics)
+            results, seconds = run(source, trace, allocator, cpu_nics, share_nics, seeds)
             stats = [r.topology.as_dict() for r in results]
             rows.append(
                 (
