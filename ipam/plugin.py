@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from cni.spec.errors import INVALID_CONFIG, NOT_AVAILABLE, CniError
+from cni.spec.errors import CHECK_FAILED, INVALID_CONFIG, NOT_AVAILABLE, CniError
 from cni.spec.request import CniRequest
 from ipam.config import IPAddress, IpamConf, PoolSpec, parse_ipam
 from ipam.pools import PoolRegistry
@@ -27,6 +27,11 @@ def valid_attachments(config: dict[str, Any]) -> set[tuple[str, str]]:
             return {(str(a.get("containerID", "")), str(a.get("ifname", ""))) for a in items if isinstance(a, dict)}
     raise CniError(INVALID_CONFIG, "GC needs the list of valid attachments",
                    "the runtime passes cni.dev/valid-attachments in the config")
+
+
+def network_of(config: dict[str, Any]) -> str:
+    """The network an allocation belongs to: the CNI config's `name` (scopes DEL, CHECK and GC)."""
+    return str(config.get("name", ""))
 
 
 def requested_ips(req: CniRequest) -> list[IPAddress]:
@@ -56,8 +61,10 @@ class IpamService:
         return f"net:{config.get('name', '')}", conf.inline_spec(), conf
 
     def add(self, req: CniRequest, config: dict[str, Any] | None = None) -> dict[str, Any]:
-        pool, spec, conf = self.resolve(config or req.config)
-        allocs = self.store.allocate(pool, spec, req.container_id, req.ifname, requested_ips(req))
+        config = config or req.config
+        pool, spec, conf = self.resolve(config)
+        allocs = self.store.allocate(pool, spec, req.container_id, req.ifname, requested_ips(req),
+                                     network=network_of(config))
         return self.result(allocs, spec, conf)
 
     @staticmethod
@@ -69,7 +76,7 @@ class IpamService:
             if gateway is not None:
                 entry["gateway"] = str(gateway)
             ips.append(entry)
-        routes = [r.model_dump(exclude_none=True) for r in (conf.routes or spec.routes)]
+        routes = [r.model_dump(by_alias=True, exclude_none=True) for r in (conf.routes or spec.routes)]
         out: dict[str, Any] = {"ips": ips, "routes": routes}
         dns = conf.dns or spec.dns
         if dns:
@@ -77,21 +84,30 @@ class IpamService:
         return out
 
     def delete(self, req: CniRequest, config: dict[str, Any] | None = None) -> None:
+        config = config or req.config
+        pool: str | None
         try:
-            pool, _, _ = self.resolve(config or req.config)
+            pool, _, _ = self.resolve(config)
         except CniError:
             pool = None  # config changed or broken: still release what this attachment holds
-        self.store.release(req.container_id, req.ifname, pool)
+        self.store.release(req.container_id, req.ifname, pool, network_of(config))
 
     def check(self, req: CniRequest, config: dict[str, Any] | None = None) -> None:
-        pool, _, _ = self.resolve(config or req.config)
-        if not self.store.held(req.container_id, req.ifname, pool):
-            raise CniError(INVALID_CONFIG, f"no address of pool {pool!r} is held by "
+        config = config or req.config
+        pool, _, _ = self.resolve(config)
+        if not self.store.held(req.container_id, req.ifname, pool, network_of(config)):
+            raise CniError(CHECK_FAILED, f"no address of pool {pool!r} is held by "
                            f"{req.container_id}/{req.ifname}", "the attachment was released; re-create it")
 
     def gc(self, req: CniRequest) -> list[tuple[str, str, str]]:
-        pool, _, _ = self.resolve(req.config)
-        return self.store.gc(pool, valid_attachments(req.config))
+        """Release the stale allocations of this network (req.network_name) only, in whatever pool."""
+        valid = valid_attachments(req.config)
+        pool: str | None
+        try:
+            pool, _, _ = self.resolve(req.config)
+        except CniError:
+            pool = None  # a broken ipam section must not keep the network's stale addresses
+        return self.store.gc(req.network_name, valid, pool)
 
     def status(self, req: CniRequest) -> None:
         pool, spec, _ = self.resolve(req.config)

@@ -1,15 +1,53 @@
 """The agent's state file: SQLite in WAL mode, one connection per thread, short write transactions.
 
 Shared by the IPAM allocations and the CNI attachment records, so one file holds a node's state.
+The state names every pod and its addresses, so the directory is 0700 (when this code creates it)
+and the file, with its -wal and -shm companions, 0600.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+COMPANIONS = ("", "-wal", "-shm", "-journal")
+
+
+def _make_private_dir(path: Path) -> None:
+    """Create the state dir 0700; a directory that already exists is the operator's and is left alone."""
+    if path.is_dir():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=DIR_MODE)
+    except FileExistsError:
+        return  # made by someone else meanwhile: theirs
+    os.chmod(path, DIR_MODE)  # mkdir's mode is filtered by the umask
+
+
+def _make_private_file(path: Path) -> None:
+    """Create the database file 0600 before SQLite opens it: SQLite gives its -wal/-shm files the
+    database file's mode. A file left readable by an older version is tightened too."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
+    for suffix in COMPANIONS[1:]:
+        companion = Path(f"{path}{suffix}")
+        try:
+            if companion.stat().st_mode & 0o077:
+                os.chmod(companion, FILE_MODE)
+        except FileNotFoundError:
+            pass
 
 
 class Database:
@@ -17,12 +55,16 @@ class Database:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_private_dir(path.parent)
+        _make_private_file(path)
         self._local = threading.local()
 
     def ensure(self, schema: str) -> None:
         """Create tables if missing (idempotent DDL; executescript commits by itself)."""
         self.connection().executescript(schema)
+
+    def columns(self, table: str) -> set[str]:
+        return {row[1] for row in self.connection().execute(f"PRAGMA table_info({table})")}
 
     def connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -35,11 +77,28 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT; on any failure the connection leaves the transaction and the
+        original error propagates.
+
+        SQLite rolls back by itself on some errors (SQLITE_FULL, a trigger's RAISE(ROLLBACK), ...), so
+        an unconditional ROLLBACK would fail and hide the real error; a failed COMMIT (e.g. a deferred
+        constraint) leaves the transaction open, which would poison the thread's next BEGIN."""
         conn = self.connection()
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            if not conn.in_transaction:
+                raise sqlite3.OperationalError("SQLite rolled the transaction back before COMMIT")
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
-        conn.execute("COMMIT")
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if not conn.in_transaction:
+        return
+    # The caller's exception is the one that matters; a rollback that fails here means the
+    # connection is broken, and its next use reports that on its own.
+    with contextlib.suppress(sqlite3.Error):
+        conn.execute("ROLLBACK")
