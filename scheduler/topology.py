@@ -5,9 +5,9 @@ PCI details). Placement runs millions of times, so it works on an interned, immu
 the two tier matrices plus a few precomputed bitmasks. Two nodes with the same matrices share one
 ``CompactTopology`` object, which makes ``topo_id`` a good memoisation key.
 
-Tier values mirror ``netmanager.topology.model.Tier`` (NVLINK=0 ... CROSS_SOCKET=5, smaller is
-closer). They are repeated here so the scheduler does not import the agent package at run time;
-a unit test checks the two enums agree.
+``Tier`` (NVLINK=0 ... CROSS_SOCKET=5, smaller is closer) is the agent's own enum, imported from
+``netmanager.topology.tiers``: that module needs only the standard library, so the scheduler does
+not pull in pydantic or the discovery code. ``Tier`` is re-exported from here for scheduler code.
 """
 
 from __future__ import annotations
@@ -17,16 +17,20 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Protocol
 
+from netmanager.topology.tiers import Tier
 
-class Tier(IntEnum):
-    """Distance between two devices; smaller is closer (same values as the agent's Tier)."""
-
-    NVLINK = 0
-    SAME_SWITCH = 1
-    SAME_ROOT = 2
-    SAME_NUMA = 3
-    SAME_SOCKET = 4
-    CROSS_SOCKET = 5
+__all__ = [
+    "NO_DEVICE",
+    "TIER_COUNT",
+    "CompactTopology",
+    "Scope",
+    "Tier",
+    "bits",
+    "from_node_topology",
+    "intern",
+    "mask_of",
+    "uniform",
+]
 
 
 class Scope(IntEnum):

@@ -6,14 +6,14 @@ import os
 import platform
 
 from .gpu import GPU_MODELS, find_gpus
-from .model import Gpu, NodeTopology, RdmaNic, Tier
+from .model import Gpu, NodeTopology, RdmaNic
 from .numa import CpuTopology, read_cpu_topology
 from .nvidia_smi import parse_topo_matrix
 from .pci import PciDevice, scan_pci
 from .rdma import NicRecord, find_rdma_nics
 from .refine import refine_with_smi
 from .sysfs import Sysfs, TopologyError
-from .tiers import pcie_tier
+from .tiers import Tier, pcie_tier
 
 
 def discover(

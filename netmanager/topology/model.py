@@ -17,21 +17,10 @@ Conventions:
 
 from __future__ import annotations
 
-from enum import IntEnum
-
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-
-class Tier(IntEnum):
-    """Distance between two devices; smaller is closer."""
-
-    NVLINK = 0  # direct NVLink/NVSwitch (only known from `nvidia-smi topo -m`)
-    SAME_SWITCH = 1  # nearest common upstream bridge is a PCIe switch port (nvidia-smi PIX/PXB)
-    SAME_ROOT = 2  # same root port or root complex / host bridge (PHB)
-    SAME_NUMA = 3  # different host bridges, same NUMA node (NODE)
-    SAME_SOCKET = 4  # different NUMA nodes of one CPU package (SNC/NPS modes)
-    CROSS_SOCKET = 5  # across the inter-socket link (SYS), or unknown
+from .tiers import Tier as Tier  # defined there (no pydantic) for the scheduler; re-exported
 
 
 class _CamelModel(BaseModel):

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .model import Tier
 from .sysfs import TopologyError
+from .tiers import Tier
 
 ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
 GPU_RE = re.compile(r"^GPU(\d+)$")

@@ -7,9 +7,9 @@ Disagreements are recorded in ``warnings`` rather than silently resolved.
 
 from __future__ import annotations
 
-from .model import NodeTopology, Tier
+from .model import NodeTopology
 from .nvidia_smi import SmiTopology, label_tier
-from .tiers import Placed, tier_is_guess
+from .tiers import Placed, Tier, tier_is_guess
 
 
 def refine_with_smi(topology: NodeTopology, smi: SmiTopology) -> None:

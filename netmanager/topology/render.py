@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .model import Gpu, NodeTopology, RdmaNic, Tier
-from .tiers import Placed, is_single_switch
+from .model import Gpu, NodeTopology, RdmaNic
+from .tiers import Placed, Tier, is_single_switch
 
 LEGEND = (
     "Legend: X = self, NV# = NVLink (# links), PIX = same PCIe switch, PXB = nested PCIe switches, "

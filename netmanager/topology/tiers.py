@@ -1,10 +1,24 @@
-"""Pairwise distance (Tier) between two placed devices, from PCIe tree + NUMA + socket."""
+"""Pairwise distance (Tier) between two placed devices, from PCIe tree + NUMA + socket.
+
+``Tier`` is defined here, once, for the agent and the scheduler. This module imports nothing but
+the standard library (no pydantic), so the scheduler can import it on its hot paths.
+"""
 
 from __future__ import annotations
 
+from enum import IntEnum
 from typing import Protocol
 
-from .model import Tier
+
+class Tier(IntEnum):
+    """Distance between two devices; smaller is closer."""
+
+    NVLINK = 0  # direct NVLink/NVSwitch (only known from `nvidia-smi topo -m`)
+    SAME_SWITCH = 1  # nearest common upstream bridge is a PCIe switch port (nvidia-smi PIX/PXB)
+    SAME_ROOT = 2  # same root port or root complex / host bridge (PHB)
+    SAME_NUMA = 3  # different host bridges, same NUMA node (NODE)
+    SAME_SOCKET = 4  # different NUMA nodes of one CPU package (SNC/NPS modes)
+    CROSS_SOCKET = 5  # across the inter-socket link (SYS), or unknown
 
 
 class Placed(Protocol):

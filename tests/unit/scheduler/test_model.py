@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
+from netmanager.topology.model import Gpu, NodeTopology, RdmaNic
 from scheduler.domains import DEFAULT_DOMAIN_KEYS, DomainIndex
 from scheduler.gang import Gang, plan_gang, slots
 from scheduler.model import Allocation, Cluster, ModelError, PodSpec, new_node
@@ -130,20 +134,18 @@ def test_topology_interning_and_validation() -> None:
 
 
 def test_adapter_from_the_agent_node_topology() -> None:
-    agent = pytest.importorskip("netmanager.topology.model")
-
-    def gpu(i: int) -> object:
-        return agent.Gpu(
+    def gpu(i: int) -> Gpu:
+        return Gpu(
             index=i, pci_address=f"0000:{i:02x}:00.0", vendor="0x10de", device_id="0x2330",
             numa_node=i // 2, socket=0, pcie_path=[],
         )  # fmt: skip
 
-    nic = agent.RdmaNic(
+    nic = RdmaNic(
         name="eth0", rdma_device="mlx5_0", pci_address="0000:20:00.0", link_layer="Ethernet",
         speed_mbps=200000, numa_node=0, socket=0, pcie_path=[], is_vf=False, pf_pci_address=None,
         vf_pci_addresses=[],
     )  # fmt: skip
-    topology = agent.NodeTopology(
+    topology = NodeTopology(
         node_name="n1",
         sockets=1,
         numa_to_socket={0: 0, 1: 0},
@@ -155,3 +157,14 @@ def test_adapter_from_the_agent_node_topology() -> None:
     compact = from_node_topology(topology)
     assert compact.n_gpus == 3 and compact.n_nics == 1
     assert compact.gpu_set_tier((0, 1)) == Tier.SAME_SWITCH and compact.gpu_set_tier((0, 2)) == Tier.SAME_NUMA
+
+
+def test_tier_is_the_agents_and_costs_no_pydantic() -> None:
+    # One Tier for agent and scheduler; importing the scheduler's topology must stay light (no
+    # pydantic, no discovery code), which a fresh interpreter shows.
+    code = (
+        "import sys, scheduler.topology as t, netmanager.topology.tiers as a; assert t.Tier is a.Tier; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pydantic', 'netmanager')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "['netmanager', 'netmanager.topology', 'netmanager.topology.tiers']"
