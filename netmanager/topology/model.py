@@ -17,14 +17,15 @@ Conventions:
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import ConfigDict, Field, model_validator
+
+from cni.spec.model import WireModel
 
 from .tiers import Tier as Tier  # defined there (no pydantic) for the scheduler; re-exported
 
 
-class _CamelModel(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+class _CamelModel(WireModel):
+    model_config = ConfigDict(extra="ignore")  # the shared naming rule; unknown keys tolerated as before
 
 
 class Gpu(_CamelModel):
