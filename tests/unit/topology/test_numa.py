@@ -67,11 +67,10 @@ def test_kernel_without_numa_directory(tmp_path: Path) -> None:
 
 
 def test_unknown_numa_on_a_two_socket_machine_is_cross_socket(tmp_path: Path) -> None:
-    built = build(_server(sockets=2, numa_per_socket=1), tmp_path)
+    build(_server(sockets=2, numa_per_socket=1), tmp_path)
     for numa_file in (tmp_path / "devices").rglob("numa_node"):
         numa_file.write_text("-1\n")
     topo = discover(tmp_path)
     assert all(g.numa_node == -1 and g.socket == -1 for g in topo.gpus)
     # Same host bridge is still known from the PCIe tree; anything further is a pessimistic guess.
     assert topo.gpu_nic == [[Tier.SAME_ROOT, Tier.CROSS_SOCKET], [Tier.CROSS_SOCKET, Tier.SAME_ROOT]]
-    assert built.gpu_nic()[0][1] == Tier.CROSS_SOCKET

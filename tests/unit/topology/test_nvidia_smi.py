@@ -66,14 +66,53 @@ def test_label_tiers(label: str, tier: Tier | None) -> None:
     assert label_tier(label) == tier
 
 
-@pytest.mark.parametrize("legacy", [False, True])
-def test_generated_text_round_trips(shared_fixture: Make, legacy: bool) -> None:
-    built = shared_fixture("hgx-a100")
-    smi = parse_topo_matrix(nvidia_smi_topo(built, legacy_nic_names=legacy))
-    nics = sorted(built.nics, key=lambda n: int((n.rdma or "mlx5_0").split("_")[1]))
-    assert smi.nic_names == [n.rdma for n in nics]
-    assert all(smi.nvlinks(i, j) == (12 if i != j else 0) for i in range(8) for j in range(8))
-    assert smi.gpu_nic[0][:2] == ["PIX", "PXB"]  # own leaf switch, then the sibling leaf switch
+# A DGX A100 as its driver prints it (R470 era): RDMA device names as columns, CPU and NUMA
+# affinity, the full legend. Written by hand, "|" standing for the tab separator.
+DGX_A100 = (
+    """
+|GPU0|GPU1|GPU2|GPU3|GPU4|GPU5|GPU6|GPU7|mlx5_0|mlx5_1|mlx5_2|mlx5_3|mlx5_4|mlx5_5|mlx5_6|mlx5_7|mlx5_8|mlx5_9|CPU Affinity|NUMA Affinity
+GPU0| X |NV12|NV12|NV12|NV12|NV12|NV12|NV12|PXB|PXB|SYS|SYS|SYS|SYS|SYS|SYS|SYS|SYS|48-63,176-191|3
+GPU1|NV12| X |NV12|NV12|NV12|NV12|NV12|NV12|PXB|PXB|SYS|SYS|SYS|SYS|SYS|SYS|SYS|SYS|48-63,176-191|3
+GPU2|NV12|NV12| X |NV12|NV12|NV12|NV12|NV12|SYS|SYS|PXB|PXB|SYS|SYS|SYS|SYS|SYS|SYS|16-31,144-159|1
+GPU3|NV12|NV12|NV12| X |NV12|NV12|NV12|NV12|SYS|SYS|PXB|PXB|SYS|SYS|SYS|SYS|SYS|SYS|16-31,144-159|1
+GPU4|NV12|NV12|NV12|NV12| X |NV12|NV12|NV12|SYS|SYS|SYS|SYS|NODE|NODE|PXB|PXB|SYS|SYS|112-127,240-255|7
+GPU5|NV12|NV12|NV12|NV12|NV12| X |NV12|NV12|SYS|SYS|SYS|SYS|NODE|NODE|PXB|PXB|SYS|SYS|112-127,240-255|7
+GPU6|NV12|NV12|NV12|NV12|NV12|NV12| X |NV12|SYS|SYS|SYS|SYS|SYS|SYS|SYS|SYS|PXB|PXB|80-95,208-223|5
+GPU7|NV12|NV12|NV12|NV12|NV12|NV12|NV12| X |SYS|SYS|SYS|SYS|SYS|SYS|SYS|SYS|PXB|PXB|80-95,208-223|5
+mlx5_0|PXB|PXB|SYS|SYS|SYS|SYS|SYS|SYS| X |PIX|SYS|SYS|SYS|SYS|SYS|SYS|SYS|SYS||
+mlx5_1|PXB|PXB|SYS|SYS|SYS|SYS|SYS|SYS|PIX| X |SYS|SYS|SYS|SYS|SYS|SYS|SYS|SYS||
+mlx5_2|SYS|SYS|PXB|PXB|SYS|SYS|SYS|SYS|SYS|SYS| X |PIX|SYS|SYS|SYS|SYS|SYS|SYS||
+mlx5_3|SYS|SYS|PXB|PXB|SYS|SYS|SYS|SYS|SYS|SYS|PIX| X |SYS|SYS|SYS|SYS|SYS|SYS||
+mlx5_4|SYS|SYS|SYS|SYS|NODE|NODE|SYS|SYS|SYS|SYS|SYS|SYS| X |PIX|NODE|NODE|SYS|SYS||
+mlx5_5|SYS|SYS|SYS|SYS|NODE|NODE|SYS|SYS|SYS|SYS|SYS|SYS|PIX| X |NODE|NODE|SYS|SYS||
+mlx5_6|SYS|SYS|SYS|SYS|PXB|PXB|SYS|SYS|SYS|SYS|SYS|SYS|NODE|NODE| X |PIX|SYS|SYS||
+mlx5_7|SYS|SYS|SYS|SYS|PXB|PXB|SYS|SYS|SYS|SYS|SYS|SYS|NODE|NODE|PIX| X |SYS|SYS||
+mlx5_8|SYS|SYS|SYS|SYS|SYS|SYS|PXB|PXB|SYS|SYS|SYS|SYS|SYS|SYS|SYS|SYS| X |PIX||
+mlx5_9|SYS|SYS|SYS|SYS|SYS|SYS|PXB|PXB|SYS|SYS|SYS|SYS|SYS|SYS|SYS|SYS|PIX| X ||
+
+Legend:
+
+  X    = Self
+  SYS  = Connection traversing PCIe as well as the SMP interconnect between NUMA nodes (e.g., QPI/UPI)
+  NODE = Connection traversing PCIe as well as the interconnect between PCIe Host Bridges within a NUMA node
+  PHB  = Connection traversing PCIe as well as a PCIe Host Bridge (typically the CPU)
+  PXB  = Connection traversing multiple PCIe bridges (without traversing the PCIe Host Bridge)
+  PIX  = Connection traversing at most a single PCIe bridge
+  NV#  = Connection traversing a bonded set of # NVLinks
+"""
+).replace("|", "\t")
+
+
+def test_parse_dgx_a100_output() -> None:
+    smi = parse_topo_matrix(DGX_A100)
+    assert smi.gpu_count == 8
+    assert smi.nic_names == [f"mlx5_{k}" for k in range(10)]
+    assert all(smi.nvlinks(i, j) == (0 if i == j else 12) for i in range(8) for j in range(8))
+    assert smi.gpu_nic[0] == ["PXB", "PXB"] + ["SYS"] * 8
+    assert smi.gpu_nic[5] == ["SYS"] * 4 + ["NODE", "NODE", "PXB", "PXB", "SYS", "SYS"]
+    assert smi.gpu_nic[7][8:] == ["PXB", "PXB"]  # the last NIC columns, just before CPU Affinity
+    tiers = [[label_tier(label) for label in row] for row in smi.gpu_nic]
+    assert tiers[4][4] == Tier.SAME_NUMA and tiers[4][6] == Tier.SAME_SWITCH and tiers[4][0] == Tier.CROSS_SOCKET
 
 
 @pytest.mark.parametrize(
