@@ -10,7 +10,7 @@ NATIVE_SHIM := cni/native/railnet-shim
 
 .PHONY: setup sysdeps test lint typecheck unit demo bench k8s-bin clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py
 	@echo "==> creating virtualenv $(VENV)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
@@ -24,6 +24,7 @@ sysdeps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# `pip install -e` (setup.py's build_py) compiles the shim too; this rebuilds it after edits.
 $(NATIVE_SHIM): cni/native/shim.c
 	@echo "==> building the native CNI shim"
 	$(CC) -O2 -Wall -Wextra -Werror -o $@ $<
@@ -51,4 +52,4 @@ bench: setup
 	for b in tests/bench/bench_*.py; do echo "==> $$b"; $(PY) $$b; done
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache $(NATIVE_SHIM)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build $(NATIVE_SHIM)

@@ -1,8 +1,8 @@
 """`railnet install-cni`: put the plugin files into the CNI bin dir (what the DaemonSet runs).
 
-Two builds of the same shim exist: the native one (native/shim.c, built by `make`) starts in
-well under a millisecond; the stdlib Python one runs anywhere Python does. `auto` takes the
-native build when it has been compiled.
+Two builds of the same shim exist: the native one (native/shim.c, compiled by the package build,
+setup.py, when a C compiler is there) starts in well under a millisecond; the stdlib Python one
+runs anywhere Python does. `auto` takes the native build when it has been compiled.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import shutil
 import sys
 from pathlib import Path
 
-PLUGIN_NAMES = ("railnet", "railnet-macvlan", "railnet-ipam")
+# Exactly the plugins the agent serves: keep equal to cni.dispatch.SERVED_PLUGINS (a unit test
+# checks; importing cni.dispatch here would slow `railnet install-cni` down).
+PLUGIN_NAMES = ("railnet-macvlan", "railnet-ipam")
 NATIVE_SHIM = Path(__file__).with_name("native") / "railnet-shim"
 PYTHON_SHIM = Path(__file__).with_name("shim.py")
 
@@ -22,7 +24,8 @@ def choose(kind: str) -> str:
     if kind == "auto":
         return "native" if NATIVE_SHIM.is_file() else "python"
     if kind == "native" and not NATIVE_SHIM.is_file():
-        raise FileNotFoundError(f"native shim not built: run `make` (needs a C compiler) to create {NATIVE_SHIM}")
+        raise FileNotFoundError(f"native shim not built: {NATIVE_SHIM} is missing; reinstall railnet "
+                                "with a C compiler present (or run `make`)")
     return kind
 
 
