@@ -67,7 +67,7 @@ MAX_SPEC_GPU = 8_000
 
 # Chosen on tuning seeds of both openb traces by tests/bench/sweep_stranding_weight.py (the
 # recorded run: docs/benchmarks/scheduler.md); the benchmark report uses seeds 42-51 only.
-STRANDING_WEIGHT = 2.0
+STRANDING_WEIGHT = 1.0
 TUNING_SEEDS = "0-2"
 REFRESH_EVERY = 512  # pods between refreshes of the learned workload once past the powers of two
 
