@@ -2,6 +2,8 @@
 
 The plugin is chosen by the name the shim was exec'd as (the CNI 'type'), not by the config's
 'type': when another plugin execs railnet-ipam, the config's top-level type is that plugin's.
+Each plugin's commands are an explicit table (as libcni's skel.CNIFuncs), and this is the one
+place where an exception becomes a CNI error object.
 """
 
 from __future__ import annotations
@@ -9,13 +11,17 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from cni.attachments import AttachmentStore
 from cni.ipam_calls import IpamCalls
+from cni.linux.netns import NetnsError
+from cni.linux.rtnl import RtnlError
 from cni.macvlan.plugin import MacvlanPlugin
-from cni.spec.errors import INTERNAL, INVALID_CONFIG, IO_FAILURE, CniError
+from cni.spec.errors import INTERNAL, INVALID_CONFIG, IO_FAILURE, KERNEL_REFUSED, NETNS_FAILED, CniError
+from cni.spec.exec import PluginExec, exec_plugin
 from cni.spec.request import CniRequest
 from cni.spec.versions import LATEST, SUPPORTED, convert_result
 from ipam.plugin import IpamService
@@ -28,40 +34,30 @@ SERVED_PLUGINS = ("railnet-macvlan", "railnet-ipam")
 
 class Plugin(Protocol):
     def add(self, req: CniRequest) -> dict[str, Any]: ...
-    def delete(self, req: CniRequest) -> None: ...
-    def check(self, req: CniRequest) -> None: ...
-    def gc(self, req: CniRequest) -> None: ...
-    def status(self, req: CniRequest) -> None: ...
+    # Only ADD has a result; what the others return is ignored.
+    def delete(self, req: CniRequest) -> object: ...
+    def check(self, req: CniRequest) -> object: ...
+    def gc(self, req: CniRequest) -> object: ...
+    def status(self, req: CniRequest) -> object: ...
 
 
-class IpamPlugin:
-    """railnet-ipam exec'd by another plugin: the abbreviated IPAM result."""
+Command = Callable[[CniRequest], object]
 
-    def __init__(self, service: IpamService) -> None:
-        self.service = service
 
-    def add(self, req: CniRequest) -> dict[str, Any]:
-        return self.service.add(req)
-
-    def delete(self, req: CniRequest) -> None:
-        self.service.delete(req)
-
-    def check(self, req: CniRequest) -> None:
-        self.service.check(req)
-
-    def gc(self, req: CniRequest) -> None:
-        self.service.gc(req)
-
-    def status(self, req: CniRequest) -> None:
-        self.service.status(req)
+def command_table(plugin: Plugin) -> dict[str, Command]:
+    return {"ADD": plugin.add, "DEL": plugin.delete, "CHECK": plugin.check, "GC": plugin.gc,
+            "STATUS": plugin.status}
 
 
 class Dispatcher:
-    def __init__(self, ipam: IpamService, attachments: AttachmentStore, sysfs: Path) -> None:
-        self.plugins: dict[str, Plugin] = {
-            "railnet-macvlan": MacvlanPlugin(attachments, IpamCalls(ipam), sysfs),
-            "railnet-ipam": IpamPlugin(ipam),
+    def __init__(self, ipam: IpamService, attachments: AttachmentStore, sysfs: Path,
+                 run: PluginExec = exec_plugin) -> None:
+        plugins: dict[str, Plugin] = {
+            "railnet-macvlan": MacvlanPlugin(attachments, IpamCalls(ipam, run), sysfs),
+            "railnet-ipam": ipam,  # exec'd by another plugin: answers with the IPAM result
         }
+        assert tuple(plugins) == SERVED_PLUGINS
+        self.tables = {name: command_table(p) for name, p in plugins.items()}
 
     def handle(self, plugin_name: str, env: dict[str, str], stdin: str) -> tuple[int, str]:
         version = LATEST
@@ -70,26 +66,31 @@ class Dispatcher:
             version = req.cni_version
             if req.command == "VERSION":
                 return 0, json.dumps({"cniVersion": version, "supportedVersions": list(SUPPORTED)})
-            plugin = self.plugins.get(plugin_name)
-            if plugin is None:
+            table = self.tables.get(plugin_name)
+            if table is None:
                 raise CniError(INVALID_CONFIG, f"unknown railnet plugin {plugin_name!r}",
-                               f"install the shim as one of {', '.join(self.plugins)}")
-            return 0, self._run(plugin, req)
+                               f"install the shim as one of {', '.join(self.tables)}")
+            result = table[req.command](req)
+            if req.command == "ADD":
+                assert isinstance(result, dict)
+                return 0, json.dumps(convert_result(result, req.cni_version))
+            return 0, ""
         except CniError as exc:
             return 1, json.dumps(exc.to_object(version))
-        except (sqlite3.Error, OSError) as exc:  # the state database or the disk under it
-            log.exception("I/O failure")
-            return 1, json.dumps(CniError(IO_FAILURE, f"I/O failure: {type(exc).__name__}: {exc}",
-                                          "check the agent's state dir (disk full or damaged database?)")
-                                 .to_object(version))
-        except Exception as exc:  # a bug: still answer with a CNI error, and log the traceback
-            log.exception("internal error")
-            return 1, json.dumps(CniError(INTERNAL, f"internal error: {type(exc).__name__}: {exc}",
-                                          "see the railnet agent log").to_object(version))
+        except Exception as exc:
+            return 1, json.dumps(unexpected(exc).to_object(version))
 
-    @staticmethod
-    def _run(plugin: Plugin, req: CniRequest) -> str:
-        if req.command == "ADD":
-            return json.dumps(convert_result(plugin.add(req), req.cni_version))
-        getattr(plugin, {"DEL": "delete", "CHECK": "check", "GC": "gc", "STATUS": "status"}[req.command])(req)
-        return ""
+
+def unexpected(exc: Exception) -> CniError:
+    """An exception no plugin turned into a CniError, classified by where it came from."""
+    if isinstance(exc, RtnlError):
+        return CniError(KERNEL_REFUSED, f"kernel refused a netlink request: {exc.strerror}", f"errno {exc.errno}")
+    if isinstance(exc, NetnsError):
+        return CniError(NETNS_FAILED, f"network namespace error: {exc.strerror}",
+                        f"errno {exc.errno}; is the container's netns still there?")
+    if isinstance(exc, sqlite3.Error):  # the state database or the disk under it
+        log.exception("state database failure")
+        return CniError(IO_FAILURE, f"state database failure: {type(exc).__name__}: {exc}",
+                        "check the agent's state dir (disk full or damaged database?)")
+    log.exception("internal error")  # a bug, or a system call nobody expected to fail
+    return CniError(INTERNAL, f"internal error: {type(exc).__name__}: {exc}", "see the railnet agent log")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cni.spec.exec import exec_plugin
+from cni.spec.exec import PluginExec, exec_plugin
 from cni.spec.request import CniRequest
 from cni.spec.versions import canonical_result
 from ipam.plugin import IpamService
@@ -18,34 +18,35 @@ def _ipam_type(config: dict[str, Any]) -> str:
 
 
 class IpamCalls:
-    def __init__(self, service: IpamService) -> None:
+    def __init__(self, service: IpamService, run: PluginExec = exec_plugin) -> None:
         self.service = service
+        self.run = run
 
     def add(self, req: CniRequest, config: dict[str, Any]) -> dict[str, Any]:
         if _ipam_type(config) == IN_PROCESS:
             return self.service.add(req, config)
-        return canonical_result(exec_plugin(_ipam_type(config), "ADD", config, req.env) or {})
+        return canonical_result(self.run(_ipam_type(config), "ADD", config, req.env) or {})
 
     def delete(self, req: CniRequest, config: dict[str, Any]) -> None:
         if _ipam_type(config) in (IN_PROCESS, ""):
             self.service.delete(req, config)
         else:
-            exec_plugin(_ipam_type(config), "DEL", config, req.env)
+            self.run(_ipam_type(config), "DEL", config, req.env)
 
     def check(self, req: CniRequest, config: dict[str, Any]) -> None:
         if _ipam_type(config) == IN_PROCESS:
             self.service.check(req, config)
         else:
-            exec_plugin(_ipam_type(config), "CHECK", config, req.env)
+            self.run(_ipam_type(config), "CHECK", config, req.env)
 
     def gc(self, req: CniRequest) -> None:
         if _ipam_type(req.config) == IN_PROCESS:
             self.service.gc(req)
         elif _ipam_type(req.config):
-            exec_plugin(_ipam_type(req.config), "GC", req.config, req.env)
+            self.run(_ipam_type(req.config), "GC", req.config, req.env)
 
     def status(self, req: CniRequest) -> None:
         if _ipam_type(req.config) == IN_PROCESS:
             self.service.status(req)
         elif _ipam_type(req.config):
-            exec_plugin(_ipam_type(req.config), "STATUS", req.config, req.env)
+            self.run(_ipam_type(req.config), "STATUS", req.config, req.env)

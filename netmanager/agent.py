@@ -1,18 +1,20 @@
 """railnet-agent: the warm node agent behind the CNI shim.
 
-Requests for different containers run concurrently (one thread each); requests for the same
-container are serialised, as the CNI spec expects plugins to be. All state lives in one SQLite
-file, so a restarted agent picks up where the previous one stopped.
+Requests for different containers run concurrently on a fixed pool of workers; requests for the
+same container are serialised, as the CNI spec expects plugins to be; GC runs alone (no ADD in
+flight), so it never collects an attachment that an ADD is still making. All state lives in one
+SQLite file under a state dir that exactly one agent holds (flock), so a restarted agent picks up
+where the previous one stopped and a second agent refuses to start instead of corrupting it.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
 import os
 import signal
-import socketserver
 import sys
 import threading
 import time
@@ -20,18 +22,18 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from cni.attachments import AttachmentStore
 from cni.dispatch import Dispatcher
-from cni.spec.wire import ShimRequest, WireError, decode_request, encode_reply
+from cni.spec.wire import ShimRequest
 from ipam.plugin import IpamService
 from ipam.pools import PoolRegistry
 from ipam.sqlite import Database
 from ipam.store import IpamStore
+from netmanager.server import Server, SocketInUse
 
 log = logging.getLogger("railnet.agent")
-MAX_REQUEST = 4 << 20  # a network config with a large prevResult still fits
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -67,18 +69,87 @@ class KeyedLocks:
                     del self._users[key], self._locks[key]
 
 
+class SharedExclusive:
+    """Many holders in shared mode, or one in exclusive mode; a waiting exclusive holder blocks new
+    shared ones, so a GC is not starved by a steady stream of ADDs."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._waiting = 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._exclusive and not self._waiting)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            self._cond.wait_for(lambda: not self._exclusive and not self._shared)
+            self._waiting -= 1
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
+class StateDirBusy(RuntimeError):
+    pass
+
+
+def lock_state_dir(state_dir: Path) -> IO[str]:
+    """Hold `state_dir/agent.lock` for the life of the process (the kernel drops it on exit)."""
+    if not state_dir.exists():
+        state_dir.mkdir(mode=0o700, parents=True)
+    fd = os.open(state_dir / "agent.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    handle = os.fdopen(fd, "r+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise StateDirBusy(f"another railnet agent (pid {holder}) holds {state_dir}") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
 class Agent:
     def __init__(self, state_dir: Path, pools_dir: Path | None, sysfs: Path) -> None:
         db = Database(state_dir / "railnet.db")
-        self.ipam_store = IpamStore(db)
         self.attachments = AttachmentStore(db)
-        self.dispatcher = Dispatcher(IpamService(self.ipam_store, PoolRegistry(pools_dir)), self.attachments, sysfs)
+        self.dispatcher = Dispatcher(IpamService(IpamStore(db), PoolRegistry(pools_dir)), self.attachments, sysfs)
         self.locks = KeyedLocks()
+        self.gc_gate = SharedExclusive()
+
+    @contextmanager
+    def _serialised(self, env: dict[str, str]) -> Iterator[None]:
+        if env.get("CNI_COMMAND") == "GC":
+            with self.gc_gate.exclusive():
+                yield
+            return
+        with self.gc_gate.shared(), self.locks.hold(env.get("CNI_CONTAINERID", "")):
+            yield
 
     def serve_one(self, request: ShimRequest) -> tuple[int, str]:
         env, plugin = request.env, request.plugin
         started = time.perf_counter()
-        with self.locks.hold(env.get("CNI_CONTAINERID", "")):
+        with self._serialised(env):
             code, stdout = self.dispatcher.handle(plugin, env, request.stdin)
         fields = {"plugin": plugin, "cmd": env.get("CNI_COMMAND"), "cid": env.get("CNI_CONTAINERID"),
                   "ifname": env.get("CNI_IFNAME"), "ms": round((time.perf_counter() - started) * 1e3, 2),
@@ -87,53 +158,6 @@ class Agent:
             fields["error"] = json.loads(stdout).get("msg") if stdout else ""
         log.info("cni request", extra={"fields": fields})
         return code, stdout
-
-
-class _Handler(socketserver.BaseRequestHandler):
-    server: AgentServer
-
-    def handle(self) -> None:
-        self.request.settimeout(30)
-        try:
-            data = b""
-            while chunk := self.request.recv(65536):
-                data += chunk
-                if len(data) > MAX_REQUEST:
-                    raise WireError("request too large")
-            request = decode_request(data)
-        except (OSError, WireError) as exc:
-            log.warning("bad request from shim: %s", exc)
-            return
-        code, stdout = self.server.agent.serve_one(request)
-        try:
-            self.request.sendall(encode_reply(code, stdout))
-        except OSError:
-            # The shim went away mid-request. The work is done and recorded; the runtime will
-            # retry or DEL, and both converge because every step is idempotent.
-            log.warning("client left before the reply",
-                        extra={"fields": {"cid": request.env.get("CNI_CONTAINERID")}})
-
-
-class AgentServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = False
-    block_on_close = True  # shutdown waits for requests in flight
-    request_queue_size = 1024  # a node starting many pods at once bursts CNI calls (default is 5)
-
-    def __init__(self, path: Path, agent: Agent) -> None:
-        self.agent = agent
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(path.parent, 0o700)
-        if path.exists():
-            path.unlink()  # a stale socket from a previous run
-        old = os.umask(0o177)  # the socket is born root-only: no window with wider permissions
-        try:
-            super().__init__(str(path), _Handler)
-        finally:
-            os.umask(old)
-
-
-def run(socket_path: Path, state_dir: Path, pools_dir: Path | None, sysfs: Path) -> AgentServer:
-    return AgentServer(socket_path, Agent(state_dir, pools_dir, sysfs))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pools-dir", type=Path, default=Path(os.environ.get("RAILNET_POOLS_DIR",
                                                                                   "/etc/railnet/pools")))
     parser.add_argument("--sysfs", type=Path, default=Path(os.environ.get("RAILNET_SYSFS_ROOT", "/sys")))
+    parser.add_argument("--workers", type=int, default=8, help="concurrent CNI requests (default %(default)s)")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
 
@@ -152,21 +177,26 @@ def main(argv: list[str] | None = None) -> int:
     handler.setFormatter(JsonLogFormatter())
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
 
-    server = run(args.socket, args.state_dir, args.pools_dir, args.sysfs)
+    try:
+        lock = lock_state_dir(args.state_dir)
+        server = Server(args.socket, Agent(args.state_dir, args.pools_dir, args.sysfs).serve_one,
+                        workers=max(1, args.workers))
+    except (StateDirBusy, SocketInUse) as exc:
+        print(f"railnet agent: {exc}; stop it first (one agent per node)", file=sys.stderr)
+        return 1
 
     def stop(signum: int, _frame: object) -> None:
         log.info("stopping", extra={"fields": {"signal": signal.Signals(signum).name}})
-        threading.Thread(target=server.shutdown, daemon=True).start()
+        server.stop()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("serving", extra={"fields": {"socket": str(args.socket), "state": str(args.state_dir)}})
-    try:
-        server.serve_forever(poll_interval=0.2)
-    finally:
-        server.server_close()  # waits for in-flight requests (block_on_close)
-        args.socket.unlink(missing_ok=True)
-        log.info("stopped")
+    log.info("serving", extra={"fields": {"socket": str(args.socket), "state": str(args.state_dir),
+                                          "workers": args.workers}})
+    server.serve_forever()
+    server.shutdown()  # waits for in-flight requests, removes our socket
+    lock.close()
+    log.info("stopped")
     return 0
 
 

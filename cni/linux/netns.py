@@ -21,10 +21,24 @@ CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+class NetnsError(OSError):
+    """Opening or entering a network namespace failed (errno says why: ENOENT, EINVAL for a file
+    that is not a namespace any more, EPERM)."""
+
+
 def _setns(fd: int) -> None:
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
-        raise OSError(err, f"setns failed: {os.strerror(err)}")
+        raise NetnsError(err, f"setns failed: {os.strerror(err)}")
+
+
+def sysctl_path(*parts: str) -> str:
+    """/proc/sys/net/<parts...>: each part is one path component, so an interface name with dots
+    (net1.100) stays one component, and a key from a config can never climb out with '..' or '/'."""
+    for part in parts:
+        if not part or part in (".", "..") or "/" in part or "\0" in part:
+            raise ValueError(f"invalid sysctl path component {part!r}")
+    return "/proc/sys/net/" + "/".join(parts)
 
 
 @contextmanager
@@ -47,7 +61,10 @@ class NetNS:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.fd = os.open(path, os.O_RDONLY)
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise NetnsError(exc.errno, f"cannot open network namespace {path}: {exc.strerror}") from None
         self._ipr: Any = None
         try:
             with entered(self.fd):
@@ -63,14 +80,14 @@ class NetNS:
                 self._ipr = IPRoute()
         return self._ipr
 
-    def sysctl(self, key: str, value: str) -> None:
-        """Write net.* sysctl `key` (dotted, e.g. ipv4.conf.net1.arp_notify) inside the namespace."""
-        path = "/proc/sys/net/" + key.replace(".", "/")
+    def write_sysctl(self, parts: tuple[str, ...], value: str) -> None:
+        """Write net.<parts> inside the namespace, e.g. ("ipv4", "conf", "net1", "arp_notify")."""
+        path = sysctl_path(*parts)
         with entered(self.fd), open(path, "w") as f:
             f.write(value)
 
-    def read_sysctl(self, key: str) -> str:
-        with entered(self.fd), open("/proc/sys/net/" + key.replace(".", "/")) as f:
+    def read_sysctl(self, parts: tuple[str, ...]) -> str:
+        with entered(self.fd), open(sysctl_path(*parts)) as f:
             return f.read().strip()
 
     def close(self) -> None:

@@ -1,31 +1,31 @@
 """railnet-macvlan: a macvlan interface on a RoCE NIC, created directly inside the pod netns.
 
-ADD order: record intent -> IPAM -> create the link in the target netns under its final name ->
-sysctls -> addresses -> up -> routes -> per-NIC policy routing -> record result.
-Each step pushes its undo; any failure runs the undos in reverse, so a failed ADD leaves no
-link, no address allocation and no record behind.
+ADD reads top to bottom: validate -> find the parent NIC -> record intent -> IPAM -> create the
+link in the target netns under its final name -> configure it (cni.linux.iface) -> record the
+result. Each undo is registered before the next step can fail; any failure runs them in reverse
+(cni.spec.rollback), so a failed ADD leaves no link, no address allocation and no record behind.
 """
 
 from __future__ import annotations
 
 import errno
-import ipaddress
 import logging
 import re
 import socket
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 from pyroute2 import IPRoute
 
+from cni import faults
 from cni.attachments import Attachment, AttachmentStore
 from cni.ipam_calls import IpamCalls
-from cni.linux.netns import NetNS
+from cni.linux.iface import check_sysctl_overrides, configure_iface, netlink
+from cni.linux.netns import NetNS, NetnsError
 from cni.linux.nic import resolve_master
-from cni.linux.rtnl import RT_SCOPE_LINK, Link, Rtnl, RtnlError
+from cni.linux.rtnl import Link, Rtnl, RtnlError
 from cni.spec.errors import (
     CHECK_FAILED,
     INTERFACE_EXISTS,
@@ -36,7 +36,9 @@ from cni.spec.errors import (
     NOT_AVAILABLE,
     CniError,
 )
+from cni.spec.model import WireModel
 from cni.spec.request import CniRequest
+from cni.spec.rollback import Rollback
 from cni.spec.versions import canonical_result
 from ipam.config import validation_error
 from ipam.plugin import valid_attachments
@@ -44,50 +46,38 @@ from ipam.plugin import valid_attachments
 log = logging.getLogger("railnet.macvlan")
 _MAC = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
 
-# Several NICs of one pod often sit on one subnet (one per rail). Without these, the kernel
-# answers ARP for any local address on any NIC and drops replies arriving on the "wrong" NIC.
-DEFAULT_SYSCTLS = {
-    "arp_notify": "1",    # gratuitous ARP when the link comes up: peers learn the new MAC at once
-    "arp_ignore": "1",    # answer ARP only for addresses configured on the receiving interface
-    "arp_announce": "2",  # source ARP requests from the outgoing interface's own address
-    "rp_filter": "2",     # loose reverse-path check: asymmetric multi-NIC paths are legitimate
-}
-DEFAULT_SYSCTLS_V6 = {
-    "ndisc_notify": "1",
-    "optimistic_dad": "1",  # use the address during DAD instead of waiting ~1-2 s for it to settle
-    "use_optimistic": "1",
-}
+class MacvlanConf(WireModel):
+    """The network config (camelCase on the wire: pciAddress, rdmaDevice, policyRouting, ...).
+    Unknown keys are kept: runtimes add their own (capabilities, args, cni.dev/* keys)."""
 
-
-class MacvlanConf(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    cniVersion: str
+    cni_version: str
     name: str
     type: str
     master: str | None = None
-    pciAddress: str | None = None
-    rdmaDevice: str | None = None
+    pci_address: str | None = None
+    rdma_device: str | None = None
     mode: Literal["bridge", "private", "vepa", "passthru"] = "bridge"
     mtu: int | None = Field(default=None, ge=68, le=65535)
     mac: str | None = None
     ipam: dict[str, Any] | None = None
-    policyRouting: bool = True
-    routeTableBase: int = Field(default=1000, ge=1, le=0x7FFF0000)
+    policy_routing: bool = True
+    route_table_base: int = Field(default=1000, ge=1, le=0x7FFF0000)
     sysctl: dict[str, str] = Field(default_factory=dict)
-    runtimeConfig: dict[str, Any] = Field(default_factory=dict)
-    prevResult: dict[str, Any] | None = None
+    runtime_config: dict[str, Any] = Field(default_factory=dict)
+    prev_result: dict[str, Any] | None = None
 
     @field_validator("mac")
     @classmethod
     def _mac(cls, v: str | None) -> str | None:
-        if v is not None and not _MAC.match(v):
+        if v is not None and not _MAC.fullmatch(v):
             raise ValueError(f"mac {v!r} is not a MAC address like 02:00:00:00:00:01")
         return v
 
     def wanted_mac(self) -> str | None:
-        mac = self.runtimeConfig.get("mac") or self.mac  # the 'mac' capability wins over the config
-        if mac is not None and not _MAC.match(str(mac)):
+        mac = self.runtime_config.get("mac") or self.mac  # the 'mac' capability wins over the config
+        if mac is not None and not _MAC.fullmatch(str(mac)):
             raise CniError(INVALID_CONFIG, f"runtimeConfig.mac {mac!r} is not a MAC address")
         if mac and self.mode == "passthru":
             # A passthru macvlan shares the NIC's MAC; setting one would rewrite the host NIC's address.
@@ -98,17 +88,11 @@ class MacvlanConf(BaseModel):
 
 def parse_conf(config: dict[str, Any]) -> MacvlanConf:
     try:
-        return MacvlanConf.model_validate(config)
+        conf = MacvlanConf.model_validate(config)
     except ValidationError as exc:
         raise validation_error("railnet-macvlan config", exc) from None
-
-
-def _nl(what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """One netlink request; a refusal becomes a CNI error that names the step."""
-    try:
-        return call(*args, **kwargs)
-    except RtnlError as exc:
-        raise CniError(KERNEL_REFUSED, f"kernel refused to {what}", f"{exc.strerror} (errno {exc.errno})") from None
+    check_sysctl_overrides(conf.sysctl)
+    return conf
 
 
 class MacvlanPlugin:
@@ -135,40 +119,37 @@ class MacvlanPlugin:
             raise CniError(INVALID_CONFIG, "railnet-macvlan needs an 'ipam' section",
                            'e.g. "ipam": {"type": "railnet-ipam", "ranges": [[{"subnet": "10.1.0.0/24"}]]}')
         master_index = self._master(conf).index
-        if self.attachments.get(req.container_id, req.ifname):
-            raise CniError(INTERFACE_EXISTS, f"attachment {req.container_id}/{req.ifname} already exists",
-                           "DEL it before adding it again")
-        undo: list[Callable[[], object]] = []
-        with NetNS(req.netns) as ns:
+        with NetNS(req.netns) as ns, Rollback(f"ADD {req.container_id}/{req.ifname}") as rollback:
             if not self.attachments.begin(req.container_id, req.ifname, conf.name, req.netns, req.config):
                 raise CniError(INTERFACE_EXISTS, f"attachment {req.container_id}/{req.ifname} already exists",
                                "DEL it before adding it again")
-            undo.append(lambda: self.attachments.drop(req.container_id, req.ifname))
-            try:
-                result = self._add_steps(req, conf, ns, master_index, mac, undo)
-            except BaseException:
-                for step in reversed(undo):
-                    try:
-                        step()
-                    except Exception as undo_exc:  # keep undoing: leaving less behind is the point
-                        log.warning("undo step failed: %s", undo_exc)
-                raise
-        self.attachments.finish(req.container_id, req.ifname, result)
+            rollback.push("attachment record", lambda: self.attachments.drop(req.container_id, req.ifname))
+            rollback.push("IP allocation", lambda: self.ipam.delete(req, req.config))
+            ipam_result = self.ipam.add(req, req.config)
+            faults.point("add:ip-allocated")
+
+            self._create_link(req, conf, ns, master_index, mac)
+            # By name: the undo must not depend on a lookup that may itself fail.
+            rollback.push("macvlan", lambda: self._delete_own_link(ns, req.ifname))
+            link = ns.rtnl.link(req.ifname)
+            if link is None:
+                raise CniError(KERNEL_REFUSED, f"interface {req.ifname} vanished right after it was created")
+            table = conf.route_table_base + link.index if conf.policy_routing else None
+            faults.point("add:link-created")
+            routes = configure_iface(ns, link.index, req.ifname, ipam_result, conf.sysctl, table, rollback)
+            faults.point("add:configured")
+
+            iface: dict[str, Any] = {"name": req.ifname, "mac": link.mac, "mtu": link.mtu, "sandbox": req.netns}
+            mine = {"interfaces": [iface], "ips": [dict(ip) for ip in ipam_result.get("ips", [])],
+                    "routes": routes, "dns": ipam_result.get("dns") or {}}
+            result = merge_prev(req.config.get("prevResult"), mine)
+            self.attachments.finish(req.container_id, req.ifname, result)
         return result
 
-    def _add_steps(self, req: CniRequest, conf: MacvlanConf, ns: NetNS, master_index: int,
-                   mac: str | None, undo: list[Callable[[], object]]) -> dict[str, Any]:
-        undo.append(lambda: self.ipam.delete(req, req.config))
-        ipam_result = self.ipam.add(req, req.config)
-
+    def _create_link(self, req: CniRequest, conf: MacvlanConf, ns: NetNS, master_index: int,
+                     mac: str | None) -> None:
         # Created under its final name straight in the pod's namespace: the kernel checks the name
         # there, not on the host, so no temporary name and rename (2-3 ms) are needed.
-        attrs: dict[str, Any] = {"ifname": req.ifname, "kind": "macvlan", "link": master_index,
-                                 "macvlan_mode": conf.mode, "net_ns_fd": ns.fd}
-        if mac:
-            attrs["address"] = mac
-        if conf.mtu:
-            attrs["mtu"] = conf.mtu
         try:
             self.host.add_macvlan(req.ifname, master_index, conf.mode, ns.fd, conf.mtu, mac)
         except RtnlError as exc:
@@ -177,72 +158,16 @@ class MacvlanPlugin:
                                "choose another CNI_IFNAME or remove the interface") from None
             raise CniError(KERNEL_REFUSED, f"kernel refused to create a {conf.mode} macvlan on parent "
                            f"#{master_index}", f"{exc.strerror} (errno {exc.errno})") from None
-        link = ns.rtnl.link(req.ifname)
-        assert link is not None
-        index = link.index
-        undo.append(lambda: ns.rtnl.delete_link(index))
-
-        ips = ipam_result.get("ips", [])
-        settings = {f"ipv4.conf.{req.ifname}.{k}": v for k, v in {**DEFAULT_SYSCTLS, **conf.sysctl}.items()}
-        if any(ipaddress.ip_interface(ip["address"]).version == 6 for ip in ips):
-            settings.update({f"ipv6.conf.{req.ifname}.{k}": v for k, v in DEFAULT_SYSCTLS_V6.items()})
-        for key, value in settings.items():
-            try:
-                ns.sysctl(key, value)
-            except FileNotFoundError:
-                raise CniError(INVALID_CONFIG, f"unknown sysctl net.{key}",
-                               "'sysctl' takes per-interface IPv4 keys such as arp_ignore") from None
-            except OSError as exc:
-                raise CniError(KERNEL_REFUSED, f"kernel refused sysctl net.{key}={value}", exc.strerror or "") from None
-        for ip in ips:
-            iface = ipaddress.ip_interface(ip["address"])
-            _nl(f"add address {iface}", ns.rtnl.add_address, index, iface)
-        _nl("bring the interface up", ns.rtnl.set_up, index)
-
-        gateways = {ipaddress.ip_interface(ip["address"]).version: ip["gateway"] for ip in ips if ip.get("gateway")}
-        routes = []
-        for route in ipam_result.get("routes", []):
-            dst = ipaddress.ip_network(route["dst"], strict=False)
-            gw = route.get("gw") or gateways.get(dst.version)
-            _nl(f"add route {dst} via {gw}", ns.rtnl.add_route, dst, index, gateway=gw)
-            routes.append(dict(route))  # reported as configured; installed via the family's gateway
-        if conf.policyRouting:
-            routes += self._policy_routes(ns, index, ips, conf.routeTableBase + index, undo)
-
-        iface_result: dict[str, Any] = {"name": req.ifname, "mac": link.mac, "mtu": link.mtu, "sandbox": req.netns}
-        mine = {"interfaces": [iface_result], "ips": [dict(ip) for ip in ips], "routes": routes,
-                "dns": ipam_result.get("dns") or {}}
-        return merge_prev(req.config.get("prevResult"), mine)
 
     @staticmethod
-    def _policy_routes(ns: NetNS, index: int, ips: list[dict[str, Any]], table: int,
-                       undo: list[Callable[[], object]]) -> list[dict[str, Any]]:
-        """Traffic sourced from this NIC's address leaves through this NIC (one table per NIC).
-
-        Routes in the table vanish with the link; rules do not, so each rule gets its undo.
-        """
-        out: list[dict[str, Any]] = []
-        for ip in ips:
-            iface = ipaddress.ip_interface(ip["address"])
-            v4 = iface.version == 4
-            # IPv6 refuses a preferred source that is still in DAD; the source rule pins the NIC anyway.
-            scope = RT_SCOPE_LINK if v4 else 0
-            _nl(f"add route {iface.network} to table {table}", ns.rtnl.add_route, iface.network, index,
-                table=table, prefsrc=str(iface.ip) if v4 else None, scope=scope)
-            out.append({"dst": str(iface.network), "table": table, **({"scope": scope} if v4 else {})})
-            if ip.get("gateway"):
-                default = ipaddress.ip_network("0.0.0.0/0" if v4 else "::/0")
-                _nl(f"add default route via {ip['gateway']} to table {table}", ns.rtnl.add_route, default, index,
-                    gateway=ip["gateway"], table=table)
-                out.append({"dst": str(default), "gw": ip["gateway"], "table": table})
-            src = str(iface.ip)
-            _nl(f"add rule from {src} lookup {table}", ns.rtnl.add_rule, src, table, table)
-            undo.append(lambda src=src: ns.rtnl.delete_rule(src, table, table))  # type: ignore[misc]
-        return out
+    def _delete_own_link(ns: NetNS, ifname: str) -> None:
+        link = ns.rtnl.link(ifname)
+        if link is not None and link.kind == "macvlan":  # never delete an interface railnet did not make
+            ns.rtnl.delete_link(link.index)
 
     def _master(self, conf: MacvlanConf) -> Link:
         """The parent NIC. One lookup by name; the full link list only to explain a miss."""
-        name = resolve_master(self.sysfs, conf.master, conf.pciAddress, conf.rdmaDevice)
+        name = resolve_master(self.sysfs, conf.master, conf.pci_address, conf.rdma_device)
         link = self.host.link(name)
         if link is None:
             with IPRoute() as ipr:
@@ -262,19 +187,24 @@ class MacvlanPlugin:
 
     def _remove_link(self, netns: str, ifname: str, rules: list[tuple[str, int]]) -> None:
         """Delete our macvlan and its policy rules; `rules` are (source IP, table) from the record."""
-        try:
-            ns = NetNS(netns) if netns else None
-        except FileNotFoundError:
-            ns = None  # the netns is gone and took the link and its rules with it
-        if ns is None:
+        if not netns:
             return
+        try:
+            ns = NetNS(netns)
+        except NetnsError as exc:
+            # ENOENT: the netns file is gone; EINVAL: the file is left but the namespace behind it
+            # is not (a stale bind mount). Either way the link and its rules went with it.
+            if exc.errno in (errno.ENOENT, errno.EINVAL):
+                log.info("DEL: network namespace %s is gone (%s)", netns, exc.strerror)
+                return
+            raise
         with ns:
             addresses: set[str] = set()
             link = ns.rtnl.link(ifname)
             if link is not None and link.kind == "macvlan":  # never delete an interface railnet did not make
                 if not rules:  # no record (a crash before it was written): read the addresses
                     addresses = {a.get_attr("IFA_ADDRESS") for a in ns.ipr.get_addr(index=link.index)}
-                ns.rtnl.delete_link(link.index)
+                netlink(f"delete interface {ifname}", ns.rtnl.delete_link, link.index)
             # Rules outlive the link. With a record each is known; without one, search the rule list.
             for src, table in rules or self._rules_from(ns, addresses):
                 try:
@@ -328,11 +258,21 @@ class MacvlanPlugin:
 
     # ---- GC and STATUS --------------------------------------------------------------------
     def gc(self, req: CniRequest) -> None:
+        """Remove every attachment of this network that the runtime no longer lists. One record
+        that cannot be collected does not stop the others; the first failure is reported after."""
         valid = valid_attachments(req.config)
+        failed: list[str] = []
         for record in self.attachments.of_network(req.network_name):
             if (record.container_id, record.ifname) not in valid:
-                self._collect(req, record)
+                try:
+                    self._collect(req, record)
+                except Exception as exc:
+                    log.warning("gc: cannot remove %s/%s: %s", record.container_id, record.ifname, exc)
+                    failed.append(f"{record.container_id}/{record.ifname}: {exc}")
         self.ipam.gc(req)
+        if failed:
+            raise CniError(KERNEL_REFUSED, f"GC could not remove {len(failed)} stale attachment(s)",
+                           "; ".join(failed[:5]))
 
     def _collect(self, req: CniRequest, record: Attachment) -> None:
         log.info("gc: removing stale attachment %s/%s", record.container_id, record.ifname)

@@ -9,16 +9,12 @@ the final result to each.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 from cni.spec.errors import INCOMPATIBLE_VERSION, INVALID_CONFIG, CniError
-from cni.spec.exec import exec_plugin
-from cni.spec.versions import SUPPORTED
-
-
-def _key(version: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in version.split("."))
+from cni.spec.exec import PluginExec, exec_plugin
+from cni.spec.rollback import Rollback
+from cni.spec.versions import SUPPORTED, version_key
 
 
 def negotiate(conflist: dict[str, Any]) -> str:
@@ -29,7 +25,7 @@ def negotiate(conflist: dict[str, Any]) -> str:
         if not common:
             raise CniError(INCOMPATIBLE_VERSION, f"no common CNI version in cniVersions {offered}",
                            f"railnet supports {', '.join(SUPPORTED)}")
-        return str(max(common, key=_key))
+        return str(max(common, key=version_key))
     version = conflist.get("cniVersion")
     if version not in SUPPORTED:
         raise CniError(INCOMPATIBLE_VERSION, f"unsupported cniVersion {version!r}")
@@ -51,38 +47,36 @@ def _plugins(conflist: dict[str, Any]) -> list[dict[str, Any]]:
     return plugins
 
 
-def add(conflist: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+def add(conflist: dict[str, Any], env: dict[str, str], run: PluginExec = exec_plugin) -> dict[str, Any]:
     """ADD through every plugin; on a failure DEL the ones already added (spec section 4)."""
     version = negotiate(conflist)
     prev: dict[str, Any] | None = None
-    done: list[dict[str, Any]] = []
-    for plugin in _plugins(conflist):
-        conf = plugin_config(conflist, plugin, version, prev)
-        try:
-            prev = exec_plugin(plugin["type"], "ADD", conf, env) or prev
-        except CniError:
-            for undo in reversed(done):
-                with contextlib.suppress(CniError):  # best effort: the ADD error is what matters
-                    exec_plugin(undo["type"], "DEL", plugin_config(conflist, undo, version, prev), env)
-            raise
-        done.append(plugin)
+    with Rollback(f"conflist {conflist.get('name')} ADD") as rollback:
+        for plugin in _plugins(conflist):
+            conf = plugin_config(conflist, plugin, version, prev)
+            prev = run(plugin["type"], "ADD", conf, env) or prev
+            # The undo reads `prev` when it runs: DEL gets the last result, as libcni passes it.
+            rollback.push(plugin["type"], lambda p=plugin: run(  # type: ignore[misc]
+                p["type"], "DEL", plugin_config(conflist, p, version, prev), env))  # noqa: B023
     return prev or {"cniVersion": version}
 
 
-def delete(conflist: dict[str, Any], env: dict[str, str], result: dict[str, Any] | None) -> None:
+def delete(conflist: dict[str, Any], env: dict[str, str], result: dict[str, Any] | None,
+           run: PluginExec = exec_plugin) -> None:
     """DEL in reverse order; every plugin runs even if one fails, and the first error is raised."""
     version = negotiate(conflist)
     first: CniError | None = None
     for plugin in reversed(_plugins(conflist)):
         try:
-            exec_plugin(plugin["type"], "DEL", plugin_config(conflist, plugin, version, result), env)
+            run(plugin["type"], "DEL", plugin_config(conflist, plugin, version, result), env)
         except CniError as exc:
             first = first or exc
     if first is not None:
         raise first
 
 
-def check(conflist: dict[str, Any], env: dict[str, str], result: dict[str, Any]) -> None:
+def check(conflist: dict[str, Any], env: dict[str, str], result: dict[str, Any],
+          run: PluginExec = exec_plugin) -> None:
     version = negotiate(conflist)
     for plugin in _plugins(conflist):
-        exec_plugin(plugin["type"], "CHECK", plugin_config(conflist, plugin, version, result), env)
+        run(plugin["type"], "CHECK", plugin_config(conflist, plugin, version, result), env)

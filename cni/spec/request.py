@@ -18,6 +18,9 @@ COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION")
 # Same rule as libcni's ValidateContainerID.
 _CONTAINER_ID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
 IFNAMSIZ = 16  # kernel limit including the trailing NUL
+# The kernel's isspace() works per byte on its own ctype table (lib/ctype.c): \t \n \v \f \r, space
+# and 0xA0. Python's str.isspace() differs (it accepts U+001C..U+001F, refuses 0xA0 as a byte).
+_KERNEL_SPACE = frozenset(b"\t\n\v\f\r \xa0")
 
 
 def validate_ifname(name: str) -> None:
@@ -29,7 +32,7 @@ def validate_ifname(name: str) -> None:
         problem = f"is {len(name.encode())} bytes long; the kernel allows at most {IFNAMSIZ - 1}"
     elif name in (".", ".."):
         problem = "may not be '.' or '..'"
-    elif "/" in name or ":" in name or any(c.isspace() for c in name):
+    elif "/" in name or ":" in name or "\0" in name or any(b in _KERNEL_SPACE for b in name.encode()):
         problem = "may not contain '/', ':' or whitespace"
     if problem:
         raise CniError(INVALID_ENVIRONMENT, f"invalid interface name {name!r}", f"CNI_IFNAME {problem}")
@@ -101,7 +104,7 @@ class CniRequest:
     def _validate_attachment_env(self) -> None:
         if not self.container_id:
             raise CniError(INVALID_ENVIRONMENT, "CNI_CONTAINERID is not set", f"{self.command} needs a container ID")
-        if not _CONTAINER_ID.match(self.container_id):
+        if not _CONTAINER_ID.fullmatch(self.container_id):
             raise CniError(INVALID_ENVIRONMENT, f"invalid CNI_CONTAINERID {self.container_id!r}",
                            "use letters, digits, '_', '.' and '-', starting with a letter or digit")
         validate_ifname(self.ifname)

@@ -25,15 +25,36 @@ def require_supported(version: str | None) -> str:
     return version
 
 
-def _key(version: str) -> tuple[int, ...]:
+def version_key(version: str) -> tuple[int, ...]:
+    """'1.0.0' -> (1, 0, 0): versions compare as tuples, never as strings."""
     return tuple(int(p) for p in version.split("."))
+
+
+# What each spec version can express (like libcni's SpecVersionHas* test predicates).
+def has_ip_version_field(version: str) -> bool:
+    """0.3.x and 0.4.0 results name each IP's family ('version': '4'); 1.0.0 dropped it."""
+    return version_key(version) < (1, 0, 0)
+
+
+def has_route_table(version: str) -> bool:
+    """1.1.0 added route 'table', 'scope', 'mtu', 'advmss', 'priority' and interface 'mtu' etc."""
+    return version_key(version) >= (1, 1, 0)
+
+
+def has_check(version: str) -> bool:
+    """CHECK exists from 0.4.0 on."""
+    return version_key(version) >= (0, 4, 0)
+
+
+def has_gc_and_status(version: str) -> bool:
+    return version_key(version) >= (1, 1, 0)
 
 
 def convert_result(result: dict[str, Any], to_version: str) -> dict[str, Any]:
     """Convert a result in railnet's canonical (1.1.0) shape to the version the caller asked for."""
     out: dict[str, Any] = {"cniVersion": to_version}
-    old = _key(to_version) < (1, 1, 0)
-    legacy = _key(to_version) < (1, 0, 0)
+    old = not has_route_table(to_version)
+    legacy = has_ip_version_field(to_version)
     if "interfaces" in result:
         out["interfaces"] = [
             {k: v for k, v in iface.items() if not (old and k in _IFACE_1_1_ONLY)}

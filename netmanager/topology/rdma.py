@@ -12,13 +12,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from cni.linux.nic import is_representor, pick_uplink
+
 from .pci import PciDevice, pci_sort_key
 from .sysfs import Sysfs, TopologyError
 
 MELLANOX_VENDOR = "0x15b3"
 CLASS_NETWORK = 0x02  # class >> 16
 NET_TYPE_INFINIBAND = 32  # ARPHRD_INFINIBAND in class/net/<if>/type
-REPRESENTOR_RE = re.compile(r"^(c\d+)?pf\d+(vf|sf)\d+$")  # switchdev representor phys_port_name
 RATE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*Gb/sec")
 
 
@@ -75,21 +76,18 @@ def _netdevs_by_pci(fs: Sysfs, devices: dict[str, PciDevice]) -> dict[str, list[
         address = fs.link_name(net_dir / name / "device")
         if address not in devices:
             continue  # virtual interfaces (lo, bridges, veth) have no PCI device
-        port_name = _read_optional(fs, net_dir / name / "phys_port_name") or ""
-        if REPRESENTOR_RE.match(port_name):
+        if is_representor(_read_optional(fs, net_dir / name / "phys_port_name")):
             continue  # a switchdev representor shares the PF's PCI address but is not the uplink
         found.setdefault(address, []).append(name)
     return found
 
 
 def _primary_netdev(fs: Sysfs, rdma: str | None, candidates: list[str]) -> str | None:
+    # The same rule the CNI plugins use to find a NIC's uplink (cni.linux.nic).
+    bound = None
     if rdma is not None:
-        # The RoCE GID table names the netdev the RDMA port is bound to; trust it when present.
         bound = _read_optional(fs, fs.path("class", "infiniband", rdma, "ports", "1", "gid_attrs", "ndevs", "0"))
-        if bound and bound in candidates:
-            return bound
-    # IPoIB child interfaces (ib0.8001) share the parent's device: the shortest name is the parent.
-    return min(candidates, key=lambda name: (len(name), name)) if candidates else None
+    return pick_uplink(candidates, bound)
 
 
 def _link_layer(fs: Sysfs, rdma: str | None, netdev: str | None) -> str:

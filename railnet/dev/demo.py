@@ -20,8 +20,9 @@ from typing import Any
 from cni.linux.netns import NetNS, entered
 from railnet.dev.lab import Lab, PluginCall, ip, links_in, run_plugin
 
-POOL = {"ranges": [[{"subnet": "10.250.0.0/24", "rangeStart": "10.250.0.10"}],
-                   [{"subnet": "fd00:250::/64"}]]}
+# Dual stack: one IPv4 and one IPv6 range set, inline (a named pool file holds one IPPool, one family).
+IPAM = {"type": "railnet-ipam", "ranges": [[{"subnet": "10.250.0.0/24", "rangeStart": "10.250.0.10"}],
+                                           [{"subnet": "fd00:250::/64"}]]}
 
 
 class Step:
@@ -82,10 +83,10 @@ def run(pods: int) -> int:
         namespaces = [lab.netns(f"pod{i}") for i in range(pods)]
 
         step("starting railnet-agent and installing the CNI shim")
-        agent = lab.agent(pools={"rail0": POOL})
+        agent = lab.agent()
         bin_dir = lab.install_shim()
         conf: dict[str, Any] = {"cniVersion": "1.1.0", "name": "rail0", "type": "railnet-macvlan", "master": nic,
-                                "mode": "bridge", "ipam": {"type": "railnet-ipam", "pool": "rail0"}}
+                                "mode": "bridge", "ipam": IPAM}
 
         step("CNI ADD through shim -> agent for every pod")
         results: list[PluginCall] = []

@@ -72,19 +72,22 @@ class AgentProcess:
         self.pools_dir = pools_dir or root / "pools"
         self.sysfs = sysfs or Path("/sys")
         self.log_path = root / "agent.log"
+        self.args: list[str] = []  # more agent flags, e.g. ["--workers", "1"]
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def db_path(self) -> Path:
         return self.state_dir / "railnet.db"
 
-    def start(self, timeout: float = 20.0) -> None:
+    def start(self, timeout: float = 20.0, env: dict[str, str] | None = None) -> None:
+        """Start the agent; `env` adds variables (e.g. a fault-injection point, see cni.faults)."""
         self.socket.unlink(missing_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "netmanager.agent", "--socket", str(self.socket), "--state-dir",
-             str(self.state_dir), "--pools-dir", str(self.pools_dir), "--sysfs", str(self.sysfs)],
-            stdout=log, stderr=log, cwd=Path(__file__).resolve().parents[2])
+             str(self.state_dir), "--pools-dir", str(self.pools_dir), "--sysfs", str(self.sysfs), *self.args],
+            stdout=log, stderr=log, cwd=Path(__file__).resolve().parents[2], env={**os.environ, **(env or {})})
         log.close()
         deadline = time.monotonic() + timeout
         while not self.socket.exists():

@@ -10,61 +10,114 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from cni.spec.wire import ShimRequest, encode_request
 from railnet.dev.lab import links_in
 from tests.netns.helpers import Env, macvlan_conf
 
+FAULT_POINTS = ("add:ip-allocated", "add:link-created", "add:configured")
 
-def _kill_when_adding(env: Env, db: sqlite3.Connection, timeout: float = 5.0) -> bool:
-    """SIGKILL the agent as soon as an ADD's intent record exists, i.e. inside the ADD."""
+
+def start_shim(env: Env, command: str, conf: dict[str, Any], netns: str, cid: str = "c1") -> subprocess.Popen[bytes]:
+    """A runtime's exec of the shim, left running so the test can act while the agent works."""
+    shim = subprocess.Popen([str(env.bin_dir / "railnet-macvlan")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            env={"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_IFNAME": "net1",
+                                 "CNI_NETNS": netns, "CNI_PATH": str(env.bin_dir), **env.agent.env()})
+    assert shim.stdin is not None
+    shim.stdin.write(json.dumps(conf).encode())
+    shim.stdin.close()
+    return shim
+
+
+def wait_for(path: Path, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if db.execute("SELECT 1 FROM attachment WHERE state='adding'").fetchone():
-            env.agent.kill()
-            return True
-    env.agent.kill()
-    return False
+    while not path.exists():
+        assert time.monotonic() < deadline, f"the agent never reached the fault point ({path})"
+        time.sleep(0.01)
 
 
-def test_sigkill_during_add_then_del_and_add_converge(env: Env) -> None:
-    """Kill the agent inside ADDs (and around them); DEL and a new ADD must always converge, leaking nothing."""
+@pytest.mark.parametrize("point", FAULT_POINTS)
+def test_sigkill_inside_add_then_del_and_add_converge(env: Env, point: str) -> None:
+    """The agent is stopped at a known step inside ADD (a fault point, not a race) and SIGKILLed
+    there; after a restart DEL and a new ADD converge and nothing leaks."""
     pod = env.lab.netns("pod")
-    routes = [{"dst": f"10.{100 + i // 250}.{i % 250}.0/24"} for i in range(300)]  # a longer ADD
-    conf = macvlan_conf(env.nic, ipam={"type": "railnet-ipam", "ranges": [[{"subnet": "10.90.0.0/24"}]],
-                                       "routes": routes})
-    interrupted = 0
-    for step in range(16):
-        db = sqlite3.connect(env.agent.db_path)  # opened first: the ADD takes only milliseconds
-        shim = subprocess.Popen([str(env.bin_dir / "railnet-macvlan")], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, env={"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1",
-                                                             "CNI_IFNAME": "net1", "CNI_NETNS": pod,
-                                                             "CNI_PATH": str(env.bin_dir), **env.agent.env()})
-        assert shim.stdin is not None and shim.stdout is not None
-        shim.stdin.write(json.dumps(conf).encode())
-        shim.stdin.close()
-        if step % 2 == 0:
-            assert _kill_when_adding(env, db), "no ADD seen in progress"
-        else:
-            time.sleep(step * 0.002)  # before, during or after the agent's work
-            env.agent.kill()
-        out = shim.stdout.read()
-        shim.wait()
-        db.close()
-        with sqlite3.connect(env.agent.db_path) as db:
-            states = [r[0] for r in db.execute("SELECT state FROM attachment")]
-        if shim.returncode != 0:
-            assert json.loads(out)["code"] == 11  # the runtime sees "try again later"
-        interrupted += states == ["adding"]
-        env.agent.start()
-        assert env.call("railnet-macvlan", "DEL", conf, cid="c1", ifname="net1", netns=pod).ok
-        env.assert_clean(pod)
-        again = env.call("railnet-macvlan", "ADD", conf, cid="c1", ifname="net1", netns=pod)
-        assert again.ok, again.output
-        assert env.allocations() == 1 and links_in(pod) == ["lo", "net1"]
-        assert env.call("railnet-macvlan", "DEL", conf, cid="c1", ifname="net1", netns=pod).ok
-        env.assert_clean(pod)
-    assert interrupted >= 4, f"only {interrupted} kills landed inside an ADD"
+    conf = macvlan_conf(env.nic)
+    marker = env.lab.tmp / f"fault-{point.replace(':', '-')}"
+    env.agent.kill()
+    env.agent.start(env={"RAILNET_FAULT_POINT": point, "RAILNET_FAULT_FILE": str(marker)})
+    shim = start_shim(env, "ADD", conf, pod)
+    wait_for(marker)
+    with sqlite3.connect(env.agent.db_path) as db:  # the kill lands inside the ADD: intent recorded, not done
+        assert [r[0] for r in db.execute("SELECT state FROM attachment")] == ["adding"], \
+            env.agent.log_path.read_text()[-3000:]
+    env.agent.kill()
+    assert shim.stdout is not None
+    out = shim.stdout.read()
+    shim.wait(timeout=30)
+    assert shim.returncode != 0 and json.loads(out)["code"] == 11  # the runtime sees "try again later"
+    env.agent.start()
+    assert env.call("railnet-macvlan", "DEL", conf, cid="c1", ifname="net1", netns=pod).ok
+    env.assert_clean(pod)
+    again = env.call("railnet-macvlan", "ADD", conf, cid="c1", ifname="net1", netns=pod)
+    assert again.ok, again.output
+    assert env.allocations() == 1 and links_in(pod) == ["lo", "net1"]
+    assert env.call("railnet-macvlan", "DEL", conf, cid="c1", ifname="net1", netns=pod).ok
+    env.assert_clean(pod)
+
+
+def pause_agent_at(env: Env, point: str) -> Path:
+    """Restart the agent so that the next request reaching `point` waits there (only its thread)
+    until the returned file is deleted."""
+    marker = env.lab.tmp / f"pause-{point.replace(':', '-')}"
+    env.agent.stop()
+    env.agent.start(env={"RAILNET_FAULT_POINT": point, "RAILNET_FAULT_FILE": str(marker),
+                         "RAILNET_FAULT_MODE": "wait"})
+    return marker
+
+
+def attachment_state(env: Env, pod: str) -> tuple[int, int, bool]:
+    return env.records(), env.allocations(), "net1" in links_in(pod)
+
+
+def test_del_during_add_of_the_same_container_waits_for_it(env: Env) -> None:
+    """Per-container serialisation: a DEL that arrives while the ADD is half done runs after it,
+    so it removes the whole attachment. Without the lock it would release the IP and record of an
+    ADD that then creates the link: a leaked interface."""
+    pod = env.lab.netns("pod")
+    conf = macvlan_conf(env.nic)
+    marker = pause_agent_at(env, "add:ip-allocated")
+    add = start_shim(env, "ADD", conf, pod)
+    wait_for(marker)
+    delete = start_shim(env, "DEL", conf, pod)
+    time.sleep(0.3)  # give an unserialised DEL every chance to run first
+    marker.unlink()
+    assert add.wait(timeout=30) == 0 and delete.wait(timeout=30) == 0
+    env.assert_clean(pod)
+
+
+def test_gc_waits_for_adds_in_flight(env: Env) -> None:
+    """GC runs alone. Sent while an ADD is half done (its record still 'adding'), it must not
+    collect that attachment's IP and record from under it: afterwards the attachment is either
+    wholly there or wholly gone (here: gone, since the GC's valid list is empty)."""
+    pod = env.lab.netns("pod")
+    conf = macvlan_conf(env.nic)
+    marker = pause_agent_at(env, "add:link-created")
+    add = start_shim(env, "ADD", conf, pod)
+    wait_for(marker)
+    gc = subprocess.Popen([str(env.bin_dir / "railnet-macvlan")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          env={"CNI_COMMAND": "GC", "CNI_PATH": str(env.bin_dir), **env.agent.env()})
+    assert gc.stdin is not None
+    gc.stdin.write(json.dumps({**conf, "cni.dev/valid-attachments": []}).encode())
+    gc.stdin.close()
+    time.sleep(0.3)  # an unserialised GC would finish here, mid-ADD
+    marker.unlink()
+    assert add.wait(timeout=30) == 0
+    assert gc.wait(timeout=30) == 0, gc.stdout.read() if gc.stdout else ""
+    assert attachment_state(env, pod) == (0, 0, False)
+    env.assert_clean(pod)
 
 
 def test_fifty_concurrent_adds_get_distinct_ips(env: Env) -> None:
@@ -87,19 +140,6 @@ def test_fifty_concurrent_adds_get_distinct_ips(env: Env) -> None:
     with ThreadPoolExecutor(50) as pool:
         assert all(pool.map(delete, range(50)))
     env.assert_clean(*pods)
-
-
-def test_same_container_requests_are_serialised(env: Env) -> None:
-    second = env.lab.nic("nic2")
-    pod = env.lab.netns("pod")
-    jobs = [(env.nic, "net1"), (second, "net2")]
-    with ThreadPoolExecutor(2) as pool:
-        calls = list(pool.map(lambda j: env.call("railnet-macvlan", "ADD", macvlan_conf(j[0]), cid="c1",
-                                                 ifname=j[1], netns=pod), jobs))
-    assert all(c.ok for c in calls), [c.output for c in calls]
-    for nic, ifname in jobs:
-        assert env.call("railnet-macvlan", "DEL", macvlan_conf(nic), cid="c1", ifname=ifname, netns=pod).ok
-    env.assert_clean(pod)
 
 
 def test_dropped_and_idle_clients_do_not_wedge_the_agent(env: Env) -> None:

@@ -60,7 +60,17 @@ CASES: list[tuple[str, Any, dict[str, str], int, tuple[str, ...]]] = [
     ("unknown-ipam-plugin", {"ipam": {"type": "no-such-ipam"}}, {}, errors.INVALID_CONFIG, ("no-such-ipam",)),
     ("mac-in-passthru", {"mode": "passthru", "mac": "02:00:00:00:00:09"}, {}, errors.INVALID_CONFIG, ("passthru",)),
     ("unknown-sysctl", {"sysctl": {"no_such_knob": "1"}}, {}, errors.INVALID_CONFIG, ("no_such_knob",)),
-    ("refused-sysctl", {"sysctl": {"arp_ignore": "banana"}}, {}, errors.KERNEL_REFUSED, ("arp_ignore",)),
+    ("refused-sysctl", {"sysctl": {"arp_ignore": "9999999999"}}, {}, errors.KERNEL_REFUSED, ("arp_ignore",)),
+    ("sysctl-not-integer", {"sysctl": {"arp_ignore": "banana"}}, {}, errors.INVALID_CONFIG, ("arp_ignore",)),
+    ("sysctl-key-climbs", {"sysctl": {"../../../../../tmp/railnet-pwned": "1"}}, {}, errors.INVALID_CONFIG,
+     ("sysctl key",)),
+    ("ipam-type-path", {"ipam": {"type": "/bin/sh"}}, {}, errors.INVALID_CONFIG, ("plugin type",)),
+    ("ipam-type-relative", {"ipam": {"type": "../../bin/sh"}}, {}, errors.INVALID_CONFIG, ("plugin type",)),
+    ("ipam-type-subdir", {"ipam": {"type": "a/b"}}, {}, errors.INVALID_CONFIG, ("plugin type",)),
+    ("pci-address-escapes", {"master": None, "pciAddress": "../../../../etc"}, {}, errors.INVALID_CONFIG,
+     ("pciAddress",)),
+    ("rdma-device-escapes", {"master": None, "rdmaDevice": "../../../etc"}, {}, errors.INVALID_CONFIG,
+     ("rdmaDevice",)),
     ("bad-cni-args", None, {"CNI_ARGS": "novalue"}, errors.INVALID_ENVIRONMENT, ("CNI_ARGS",)),
 ]
 
@@ -165,11 +175,12 @@ def test_agent_unreachable_names_the_socket(lab: Lab) -> None:
     call = run_plugin(bin_dir / "railnet-macvlan", "ADD", macvlan_conf("eth0"), container_id="c1", ifname="net1",
                       netns="/proc/self/ns/net", env={"RAILNET_AGENT_SOCKET": sock})
     assert_error(call, errors.TRY_AGAIN_LATER, sock)
-    # the config key works too, and VERSION is answered without the agent
-    conf = {**macvlan_conf("eth0"), "agentSocket": sock}
+    # the config key works too (only under /run/railnet/), and VERSION is answered without the agent
+    in_run = "/run/railnet/rnt-nowhere.sock"
+    conf = {**macvlan_conf("eth0"), "agentSocket": in_run}
     call = run_plugin(bin_dir / "railnet-macvlan", "ADD", json.dumps(conf), container_id="c1", ifname="net1",
                       netns="/proc/self/ns/net", env={"RAILNET_AGENT_SOCKET": ""})
-    assert_error(call, errors.TRY_AGAIN_LATER, sock)
+    assert_error(call, errors.TRY_AGAIN_LATER, in_run)
     version = run_plugin(bin_dir / "railnet-macvlan", "VERSION", {"cniVersion": "1.0.0"}, env={"RAILNET_AGENT_SOCKET": sock})
     assert version.ok and version.output == {"cniVersion": "1.0.0",
                                              "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cni.spec.versions import SUPPORTED
+from cni.spec.versions import SUPPORTED, has_ip_version_field, has_route_table
 from railnet.dev.lab import ip, links_in
 from tests.netns.helpers import Env, macvlan_conf
 
@@ -26,9 +26,12 @@ def test_add_check_del_every_version(env: Env, version: str) -> None:
     assert result is not None and result["cniVersion"] == version
     assert [i["name"] for i in result["interfaces"]] == ["net1"]
     assert {str(ipaddress.ip_interface(i["address"]).version) for i in result["ips"]} == {"4", "6"}
-    legacy = version < "1.0.0"
-    assert all(("version" in i) == legacy for i in result["ips"])
-    assert all("table" not in r for r in result["routes"]) or version == "1.1.0"
+    assert all(("version" in i) == has_ip_version_field(version) for i in result["ips"])
+    tables = [r for r in result["routes"] if "table" in r]
+    if has_route_table(version):  # the per-NIC policy table is reported: one route per address
+        assert {r["dst"] for r in tables} == {"10.91.0.0/24", "fd00:91::/64", "0.0.0.0/0", "::/0"}
+    else:
+        assert tables == []
     assert {"dst": "10.200.0.0/16"} in result["routes"]
 
     details = ip("-n", Path(pod).name, "-d", "addr", "show", "net1")
@@ -67,7 +70,7 @@ def _pod_sysctl(netns_name: str, key: str) -> str:
     from cni.linux.netns import NetNS
 
     with NetNS(f"/var/run/netns/{netns_name}") as ns:
-        return ns.read_sysctl(key.replace("/", "."))
+        return ns.read_sysctl(tuple(key.split("/")))
 
 
 @pytest.mark.parametrize("mode", ["bridge", "private", "vepa", "passthru"])
@@ -168,7 +171,7 @@ def test_del_and_check_use_cached_config(env: Env) -> None:
 
 def test_named_pool_shared_by_two_networks(lab) -> None:  # type: ignore[no-untyped-def]
     nic = lab.nic("nic")
-    pool = {"ranges": [[{"subnet": "10.95.0.0/29"}]]}
+    pool = {"subnet": "10.95.0.0/29"}
     env = Env(lab, nic, lab.agent(pools={"rail0": pool}), lab.install_shim())
     pod = lab.netns("pod")
     ipam = {"type": "railnet-ipam", "pool": "rail0"}

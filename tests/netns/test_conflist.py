@@ -9,7 +9,7 @@ import pytest
 
 from cni.spec import conflist
 from cni.spec.errors import CniError
-from cni.spec.versions import SUPPORTED
+from cni.spec.versions import SUPPORTED, version_key
 from railnet.dev.lab import REFERENCE_CNI_DIR, ip, links_in
 from tests.netns.helpers import Env
 
@@ -37,7 +37,7 @@ def test_primary_network_then_railnet_chain(env: Env, versions: list[str]) -> No
     chain of railnet-macvlan and the reference tuning plugin, which reads railnet's prevResult."""
     pod = env.lab.netns("pod")
     primary, rail = networks(env.nic, versions, env.lab.tmp / "hl")
-    assert conflist.negotiate(rail) == max((v for v in versions if v in SUPPORTED), key=lambda v: v.split("."))
+    assert conflist.negotiate(rail) == max((v for v in versions if v in SUPPORTED), key=version_key)
     # the installed reference plugins stop at 1.0.0, so run every chain at the highest version both know
     shared = [v for v in versions if v in ("0.3.1", "0.4.0", "1.0.0")]
     primary["cniVersions"] = rail["cniVersions"] = shared

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from cni.spec.versions import SUPPORTED, convert_result
+from cni.spec.versions import SUPPORTED, convert_result, version_key
 from railnet.dev.lab import REFERENCE_CNI_DIR, ip, links_in, run_plugin
 from tests.netns.helpers import Env
 
@@ -64,7 +64,7 @@ def test_same_as_reference_macvlan_host_local(env: Env, version: str) -> None:
     """Where the installed reference does not speak `version` (Debian's stops at 1.0.0), it runs at its
     newest and our result is compared after conversion to that version."""
     peer_versions = reference_versions()
-    ref_version = version if version in peer_versions else max(v for v in SUPPORTED if v in peer_versions)
+    ref_version = version if version in peer_versions else max((v for v in SUPPORTED if v in peer_versions), key=version_key)
     ref_pod, our_pod = env.lab.netns("ref"), env.lab.netns("our")
     data_dir = env.lab.tmp / "host-local"
     ref_conf = conf("macvlan", "host-local", env.nic, ref_version, data_dir)
