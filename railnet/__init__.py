@@ -1,1 +1,1 @@
-"""railnet: railnet."""
+"""The `railnet` command (`railnet.cli`) and, under `railnet.dev`, the development tooling."""

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
+
+from cni.spec.nad import NetworkAttachmentDefinitionSpec
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO / "deploy" / "crds"
@@ -49,14 +51,6 @@ _DROPPED = {"title", "$defs", "examples"}
 
 class CRDGenError(ValueError):
     """A model uses a schema construct that has no faithful structural-schema form."""
-
-
-class NetworkAttachmentDefinitionSpec(BaseModel):
-    """The community NetworkAttachmentDefinition (k8snetworkplumbingwg/multi-net-spec), spec only."""
-
-    config: str | None = Field(
-        default=None, description="NetworkAttachmentDefinition config is a JSON-formatted CNI configuration"
-    )
 
 
 @dataclass(frozen=True)
@@ -139,7 +133,7 @@ def _crds() -> list[CRD]:
                 "information available at: https://github.com/k8snetworkplumbingwg/multi-net-spec"
             ),
             short_names=("net-attach-def",),
-            source="railnet.dev.crdgen.NetworkAttachmentDefinitionSpec (community schema)",
+            source="cni.spec.nad.NetworkAttachmentDefinitionSpec (community schema)",
         ),
     ]
 
