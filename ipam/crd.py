@@ -11,7 +11,13 @@ Semantics:
 - ``gateway`` unset = the subnet's first address (host-local's default); it is never handed out.
 - ``exclude`` removes single addresses, CIDRs or ``start-end`` spans from what the ranges give.
 - ``node_selector`` (label equality, like a pod's nodeSelector) limits the nodes that may draw from the
-  pool; ``namespaces`` limits the pod namespaces. Unset means "any". (Not enforced by the node IPAM yet.)
+  pool, ``networks`` the CNI networks (config ``name``), ``namespaces`` the pod namespaces. Unset means
+  "any". The cluster store enforces nodes and networks (ipam/cluster.py).
+- ``block_size`` is the prefix length of the per-node blocks (cluster store): a node claims one block
+  at a time by creating an IPPoolBlock named after it, and allocates inside it without API calls.
+- ``fixed_ranges`` are set aside for fixed IPs (IPReservation): never part of a node's block, so a
+  reserved address can follow its owner to any node.
+- ``rail`` is the index of the per-NIC rail the pool serves (informational, for selection by rail).
 
 The agent's pools dir holds these objects (or their spec) as files; `IPPoolSpec.to_pool_spec` is the
 one conversion to the allocator's host-local range sets.
@@ -41,7 +47,37 @@ VERSION = "v1alpha1"
 KIND = "IPPool"
 PLURAL = "ippools"
 
+BLOCK_KIND = "IPPoolBlock"
+BLOCK_PLURAL = "ippoolblocks"
+RESERVATION_KIND = "IPReservation"
+RESERVATION_PLURAL = "ipreservations"
+POOL_LABEL = "railnet.io/pool"
+NODE_LABEL = "railnet.io/node"
+KEY_LABEL = "railnet.io/reservation-key"
+DEFAULT_BLOCK_PREFIX = {4: 26, 6: 122}  # 64 addresses: a node's share before it claims another
+
 _CIDR: dict[str, Any] = {"format": "cidr"}  # one of the string formats kube-apiserver validates
+
+# Checked by the API server at apply time (CEL), with a message that says what to fix. The pydantic
+# validators below say the same for pool files. Overlap between pools cannot be seen from one object:
+# the cluster store refuses a pool that overlaps another (error 113) and `railnet ipam audit` reports it.
+_POOL_RULES: list[Any] = [
+    {"rule": "!isCIDR(self.subnet) || cidr(self.subnet) == cidr(self.subnet).masked()",
+     "message": "spec.subnet has host bits set: write the network address, e.g. 10.1.0.0/24"},
+    {"rule": "!isCIDR(self.subnet) || !has(self.gateway) || (isIP(self.gateway) && "
+             "cidr(self.subnet).containsIP(self.gateway))",
+     "message": "spec.gateway must be an address inside spec.subnet: fix it or leave it unset (= first address)"},
+    {"rule": "!isCIDR(self.subnet) || !has(self.blockSize) || (self.blockSize >= cidr(self.subnet).prefixLength()"
+             " && self.blockSize <= (cidr(self.subnet).ip().family() == 4 ? 32 : 128))",
+     "message": "spec.blockSize must be a prefix length between the subnet's own and /32 (/128 for IPv6), so "
+                "that blocks divide the subnet, e.g. 26 for blocks of 64 addresses"},
+    {"rule": "!isCIDR(self.subnet) || !has(self.ranges) || self.ranges.all(r, isIP(r.start) && isIP(r.end) && "
+             "cidr(self.subnet).containsIP(r.start) && cidr(self.subnet).containsIP(r.end))",
+     "message": "every spec.ranges entry must lie inside spec.subnet"},
+    {"rule": "!isCIDR(self.subnet) || !has(self.fixedRanges) || self.fixedRanges.all(r, isIP(r.start) && "
+             "isIP(r.end) && cidr(self.subnet).containsIP(r.start) && cidr(self.subnet).containsIP(r.end))",
+     "message": "every spec.fixedRanges entry must lie inside spec.subnet"},
+]
 
 
 class IPRange(WireModel):
@@ -57,12 +93,15 @@ class IPRange(WireModel):
 
 
 class IPPoolSpec(WireModel):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _POOL_RULES})
+
     subnet: str = Field(
         description="CIDR of the network, e.g. 192.168.100.0/24 or fd00:100::/64 (at least /30 or /126).",
         json_schema_extra=_CIDR,
     )
     ranges: list[IPRange] = Field(
-        default_factory=list, description="Allocatable spans inside the subnet; empty = the whole subnet."
+        default_factory=list, max_length=64,
+        description="Allocatable spans inside the subnet; empty = the whole subnet.",
     )
     exclude: list[str] = Field(
         default_factory=list,
@@ -79,6 +118,18 @@ class IPPoolSpec(WireModel):
     namespaces: list[str] | None = Field(
         default=None, description="Pod namespaces that may allocate from the pool; unset = all namespaces."
     )
+    networks: list[str] | None = Field(
+        default=None, description="CNI network names (config 'name') that may use the pool; unset = any."
+    )
+    block_size: int | None = Field(
+        default=None, ge=0, le=128,
+        description="Prefix length of the per-node blocks (cluster store); unset = /26 (IPv4) or /122 (IPv6).",
+    )
+    fixed_ranges: list[IPRange] = Field(
+        default_factory=list, max_length=64,
+        description="Spans kept for fixed IPs (IPReservation); never handed to a node's block.",
+    )
+    rail: int | None = Field(default=None, ge=0, description="Index of the NIC rail this pool serves.")
 
     @field_validator("subnet")
     @classmethod
@@ -102,6 +153,12 @@ class IPPoolSpec(WireModel):
                 raise ValueError(f"exclude {item} is not inside subnet {self.subnet}")
         if self.gateway is not None and parse_address(self.gateway, "gateway") not in net:
             raise ValueError(f"gateway {self.gateway} is not inside subnet {self.subnet}")
+        for r in self.fixed_ranges:
+            if parse_address(r.start) not in net or parse_address(r.end) not in net:
+                raise ValueError(f"fixedRanges {r.start}-{r.end} is not inside subnet {self.subnet}")
+        if self.block_size is not None and not net.prefixlen <= self.block_size <= net.max_prefixlen:
+            raise ValueError(f"blockSize /{self.block_size} does not divide subnet {self.subnet}: use a prefix "
+                             f"length between /{net.prefixlen} and /{net.max_prefixlen}")
         check_range_set(self.range_set(), "ranges")
         return self
 
@@ -122,9 +179,68 @@ class IPPoolSpec(WireModel):
         return PoolSpec(ranges=[self.range_set()], routes=self.routes, exclude=self.exclude)
 
 
+    @property
+    def block_prefix(self) -> int:
+        return self.block_size if self.block_size is not None else max(
+            self.network.prefixlen, DEFAULT_BLOCK_PREFIX[self.network.version])
+
+
 class IPPoolStatus(WireModel):
     allocations: int = Field(default=0, ge=0, description="Addresses currently allocated from the pool.")
     capacity: int | None = Field(default=None, ge=0, description="Allocatable addresses in the pool.")
+    free: int | None = Field(default=None, ge=0, description="capacity - allocations.")
+    blocks: int | None = Field(default=None, ge=0, description="Blocks claimed by nodes.")
+    reserved: int | None = Field(default=None, ge=0, description="Fixed IPs held by reservations.")
+    message: str | None = Field(default=None, description="Why the pool cannot be used, when it cannot.")
+
+
+class BlockAllocation(WireModel):
+    address: str
+    container_id: str = Field(description="CNI_CONTAINERID of the attachment holding the address.")
+    ifname: str
+    pod: str | None = Field(default=None, description="namespace/name of the pod, when the runtime said.")
+
+
+class IPPoolBlockSpec(WireModel):
+    """A block of a pool claimed by one node (object name = `block_name(pool, cidr)`: create is the lock)."""
+
+    pool: str = Field(description="The IPPool the block belongs to.")
+    cidr: str = Field(description="The block, a CIDR inside the pool's subnet.", json_schema_extra=_CIDR)
+    node: str = Field(default="", description="The node whose agent allocates in the block; '' for a fixed IP.")
+    reservation: str | None = Field(default=None,
+                                    description="namespace/name of the IPReservation a fixed-IP claim belongs to.")
+
+
+class IPPoolBlockStatus(WireModel):
+    allocated: int = Field(default=0, ge=0, description="Addresses in use, as last published by the node.")
+    capacity: int | None = Field(default=None, ge=0, description="Allocatable addresses in the block.")
+    allocations: list[BlockAllocation] | None = Field(default=None, description="Who holds each address.")
+    published: str | None = Field(default=None, description="When the node last published (RFC 3339).")
+
+
+class OwnerKey(WireModel):
+    kind: str
+    name: str
+    uid: str
+    replica_type: str = Field(default="", description="e.g. Worker, Master; '' for a StatefulSet or Job.")
+    index: int = Field(ge=0, description="Replica index (pod index).")
+
+
+class IPReservationSpec(WireModel):
+    """A fixed IP of one job replica or StatefulSet pod; the owner reference ends it with its owner."""
+
+    pool: str
+    address: str
+    owner: OwnerKey
+
+
+def escape_cidr(cidr: str) -> str:
+    """10.1.0.64/26 -> 10-1-0-64-26 (an object name: DNS subdomain characters only)."""
+    return cidr.replace(".", "-").replace(":", "-").replace("/", "-").strip("-")
+
+
+def block_name(pool: str, cidr: str) -> str:
+    return f"{pool}-{escape_cidr(cidr)}"
 
 
 class IPPool(WireModel):

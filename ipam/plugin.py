@@ -7,13 +7,16 @@ plugin, e.g. the reference macvlan with "ipam": {"type": "railnet-ipam", ...}.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cni.spec.errors import CHECK_FAILED, INVALID_CONFIG, NOT_AVAILABLE, CniError
 from cni.spec.request import CniRequest
 from ipam.config import IPAddress, IpamConf, PoolSpec, parse_ipam
 from ipam.pools import PoolRegistry
 from ipam.store import Allocation, IpamStore
+
+if TYPE_CHECKING:  # the cluster store pulls in the kubernetes client; only agents with --kubeconfig load it
+    from ipam.cluster import ClusterStore
 
 VALID_ATTACHMENT_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")  # the 1.1.0 text used the second
 
@@ -49,12 +52,17 @@ def requested_ips(req: CniRequest) -> list[IPAddress]:
 
 
 class IpamService:
-    def __init__(self, store: IpamStore, pools: PoolRegistry) -> None:
+    """Named pools come from the pools dir (embedded), or from IPPool objects when `cluster` is set."""
+
+    def __init__(self, store: IpamStore, pools: PoolRegistry, cluster: ClusterStore | None = None) -> None:
         self.store = store
         self.pools = pools
+        self.cluster = cluster
 
     def resolve(self, config: dict[str, Any]) -> tuple[str, PoolSpec, IpamConf]:
         conf = parse_ipam(config.get("ipam"))
+        if conf.pool and self.cluster is not None:
+            return conf.pool, self.cluster.pool(conf.pool).to_pool_spec(), conf
         if conf.pool:
             return conf.pool, self.pools.get(conf.pool), conf
         # Inline ranges belong to the network, as with host-local's per-network data dir.
@@ -62,6 +70,14 @@ class IpamService:
 
     def add(self, req: CniRequest, config: dict[str, Any] | None = None) -> dict[str, Any]:
         config = config or req.config
+        conf = parse_ipam(config.get("ipam"))
+        if conf.pool and self.cluster is not None:
+            if requested_ips(req):
+                raise CniError(INVALID_CONFIG, f"IP pool {conf.pool!r} is a cluster pool: requested IPs are not "
+                               "supported", "fixed IPs come from the pool's fixedRanges (IPReservation)")
+            allocs, spec = self.cluster.allocate(conf.pool, network_of(config), req.container_id, req.ifname,
+                                                 req.args)
+            return self.result(allocs, spec, conf)
         pool, spec, conf = self.resolve(config)
         allocs = self.store.allocate(pool, spec, req.container_id, req.ifname, requested_ips(req),
                                      network=network_of(config))
@@ -86,15 +102,17 @@ class IpamService:
     def delete(self, req: CniRequest, config: dict[str, Any] | None = None) -> None:
         config = config or req.config
         pool: str | None
-        try:
-            pool, _, _ = self.resolve(config)
+        try:  # the pool's name only: DEL needs neither the pool file nor the API server
+            conf = parse_ipam(config.get("ipam"))
+            pool = conf.pool or f"net:{config.get('name', '')}"
         except CniError:
             pool = None  # config changed or broken: still release what this attachment holds
         self.store.release(req.container_id, req.ifname, pool, network_of(config))
 
     def check(self, req: CniRequest, config: dict[str, Any] | None = None) -> None:
         config = config or req.config
-        pool, _, _ = self.resolve(config)
+        conf = parse_ipam(config.get("ipam"))
+        pool = conf.pool or f"net:{config.get('name', '')}"
         if not self.store.held(req.container_id, req.ifname, pool, network_of(config)):
             raise CniError(CHECK_FAILED, f"no address of pool {pool!r} is held by "
                            f"{req.container_id}/{req.ifname}", "the attachment was released; re-create it")
@@ -104,13 +122,16 @@ class IpamService:
         valid = valid_attachments(req.config)
         pool: str | None
         try:
-            pool, _, _ = self.resolve(req.config)
+            conf = parse_ipam(req.config.get("ipam"))
+            pool = conf.pool or f"net:{req.config.get('name', '')}"
         except CniError:
             pool = None  # a broken ipam section must not keep the network's stale addresses
         return self.store.gc(req.network_name, valid, pool)
 
     def status(self, req: CniRequest) -> None:
-        pool, spec, _ = self.resolve(req.config)
+        pool, spec, conf = self.resolve(req.config)
+        if conf.pool and self.cluster is not None:
+            return  # a cluster pool: this node claims another block when its own are full
         for ok, rangeset in zip(self.store.has_free(pool, spec), spec.ranges, strict=True):
             if not ok:
                 raise CniError(NOT_AVAILABLE, f"IP pool {pool!r} is exhausted",

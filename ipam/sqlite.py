@@ -7,6 +7,7 @@ and the file, with its -wal and -shm companions, 0600.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import sqlite3
@@ -16,6 +17,41 @@ from contextlib import contextmanager
 from pathlib import Path
 
 DIR_MODE = 0o700
+# Writers of one file inside one process queue here, in arrival order, instead of in SQLite's
+# busy handler: that handler sleeps (1, 2, 5 ... 100 ms) and retries, so under ten concurrent
+# writers a transaction could wait seconds while the lock sat free between its naps (the p99 tail
+# of the embedded store). Other processes still meet SQLite's own lock and its busy timeout.
+# The queue is FIFO (threading.Lock is not fair: a releasing thread often takes it straight back).
+
+
+class FifoLock:
+    """A mutex granted in arrival order: each waiter parks on its own lock, handed over on release."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._held = False
+        self._waiters: collections.deque[threading.Lock] = collections.deque()
+
+    def __enter__(self) -> None:
+        with self._guard:
+            if not self._held:
+                self._held = True
+                return
+            gate = threading.Lock()
+            gate.acquire()
+            self._waiters.append(gate)
+        gate.acquire()  # released by the holder that hands the mutex over; _held stays True
+
+    def __exit__(self, *exc: object) -> None:
+        with self._guard:
+            if self._waiters:
+                self._waiters.popleft().release()
+            else:
+                self._held = False
+
+
+_WRITE_LOCKS: dict[str, FifoLock] = {}
+_WRITE_LOCKS_GUARD = threading.Lock()
 FILE_MODE = 0o600
 COMPANIONS = ("", "-wal", "-shm", "-journal")
 
@@ -58,6 +94,8 @@ class Database:
         _make_private_dir(path.parent)
         _make_private_file(path)
         self._local = threading.local()
+        with _WRITE_LOCKS_GUARD:
+            self._write_lock = _WRITE_LOCKS.setdefault(str(path.resolve()), FifoLock())
 
     def ensure(self, schema: str) -> None:
         """Create tables if missing (idempotent DDL; executescript commits by itself)."""
@@ -84,15 +122,16 @@ class Database:
         an unconditional ROLLBACK would fail and hide the real error; a failed COMMIT (e.g. a deferred
         constraint) leaves the transaction open, which would poison the thread's next BEGIN."""
         conn = self.connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-            if not conn.in_transaction:
-                raise sqlite3.OperationalError("SQLite rolled the transaction back before COMMIT")
-            conn.execute("COMMIT")
-        except BaseException:
-            _rollback(conn)
-            raise
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                if not conn.in_transaction:
+                    raise sqlite3.OperationalError("SQLite rolled the transaction back before COMMIT")
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

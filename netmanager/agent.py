@@ -130,10 +130,29 @@ def lock_state_dir(state_dir: Path) -> IO[str]:
 
 
 class Agent:
-    def __init__(self, state_dir: Path, pools_dir: Path | None, sysfs: Path) -> None:
+    def __init__(self, state_dir: Path, pools_dir: Path | None, sysfs: Path, kubeconfig: Path | None = None,
+                 node_name: str = "", block_grace: float = 30.0) -> None:
         db = Database(state_dir / "railnet.db")
         self.attachments = AttachmentStore(db)
-        self.dispatcher = Dispatcher(IpamService(IpamStore(db), PoolRegistry(pools_dir)), self.attachments, sysfs)
+        store = IpamStore(db)
+        self.cluster: Any = None
+        self.publisher: Any = None
+        if kubeconfig is not None:  # named pools are IPPool objects of the cluster (ipam/cluster.py)
+            from ipam.cluster import ClusterStore
+            from ipam.kubeapi import KubeApi
+            from ipam.publisher import Publisher
+
+            self.cluster = ClusterStore(store, KubeApi(kubeconfig), node_name, grace=block_grace)
+            self.publisher = Publisher(self.cluster)
+            self.cluster.start()
+            self.publisher.start()
+        self.dispatcher = Dispatcher(IpamService(store, PoolRegistry(pools_dir), self.cluster), self.attachments,
+                                     sysfs)
+
+    def close(self) -> None:
+        if self.publisher is not None:
+            self.publisher.stop()
+            self.cluster.stop()
         self.locks = KeyedLocks()
         self.gc_gate = SharedExclusive()
 
@@ -169,6 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pools-dir", type=Path, default=Path(os.environ.get("RAILNET_POOLS_DIR",
                                                                                   "/etc/railnet/pools")))
     parser.add_argument("--sysfs", type=Path, default=Path(os.environ.get("RAILNET_SYSFS_ROOT", "/sys")))
+    parser.add_argument("--kubeconfig", type=Path, default=os.environ.get("RAILNET_KUBECONFIG") or None,
+                        help="take named pools from the cluster's IPPool objects (default: the pools dir)")
+    parser.add_argument("--node-name", default=os.environ.get("NODE_NAME", ""),
+                        help="this node's name in the cluster (env NODE_NAME); needed with --kubeconfig")
+    parser.add_argument("--block-grace", type=float, default=30.0,
+                        help="seconds an emptied block is kept before it is given back (default %(default)s)")
     parser.add_argument("--workers", type=int, default=8, help="concurrent CNI requests (default %(default)s)")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
@@ -177,10 +202,14 @@ def main(argv: list[str] | None = None) -> int:
     handler.setFormatter(JsonLogFormatter())
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
 
+    if args.kubeconfig is not None and not args.node_name:
+        print("railnet agent: --kubeconfig needs --node-name (or NODE_NAME)", file=sys.stderr)
+        return 2
     try:
         lock = lock_state_dir(args.state_dir)
-        server = Server(args.socket, Agent(args.state_dir, args.pools_dir, args.sysfs).serve_one,
-                        workers=max(1, args.workers))
+        agent = Agent(args.state_dir, args.pools_dir, args.sysfs, args.kubeconfig, args.node_name,
+                      args.block_grace)
+        server = Server(args.socket, agent.serve_one, workers=max(1, args.workers))
     except (StateDirBusy, SocketInUse) as exc:
         print(f"railnet agent: {exc}; stop it first (one agent per node)", file=sys.stderr)
         return 1
@@ -195,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                                           "workers": args.workers}})
     server.serve_forever()
     server.shutdown()  # waits for in-flight requests, removes our socket
+    agent.close()
     lock.close()
     log.info("stopped")
     return 0

@@ -12,6 +12,7 @@ COMMANDS = {
     "agent": ("netmanager.agent", "run the node agent that serves the CNI shim"),
     "install-cni": ("cni.install", "install the CNI plugin files into a CNI bin dir"),
     "demo": ("railnet.dev.demo", "build a local lab and attach RoCE interfaces end to end"),
+    "ipam": ("ipam.cli", "cluster IPAM: audit the IPPools (duplicates, leaks), run the IPAM controller"),
     "topo": ("netmanager.topology.cli", "show this node's GPU/NIC/PCIe/NUMA topology"),
     "simulate": ("scheduler.simulate", "replay a cluster trace through the scheduler"),
     "dev-cluster": ("railnet.dev.devcluster", "run a local Kubernetes control plane (up|down|status)"),

@@ -28,6 +28,11 @@ KERNEL_REFUSED = 103
 CHECK_FAILED = 104
 DELEGATE_FAILED = 105
 NETNS_FAILED = 106
+# Pool-level conditions of the cluster store (IPPool objects), ipam/cluster.py.
+POOL_FULL = 110  # every block of the pool is claimed and this node's blocks are full
+POOL_NOT_ALLOWED = 111  # the pool's nodeSelector or networks exclude this node or network
+POOL_UNKNOWN = 112  # no IPPool of that name in the cluster
+POOL_CONFLICT = 113  # the pool overlaps another pool, or a block is held by another node
 INTERNAL = 999  # libcni's ErrInternal
 
 

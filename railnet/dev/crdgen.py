@@ -95,10 +95,58 @@ def _crds() -> list[CRD]:
             columns=(
                 ("Subnet", "string", ".spec.subnet"),
                 ("Gateway", "string", ".spec.gateway"),
-                ("Allocations", "integer", ".status.allocations"),
+                ("Total", "integer", ".status.capacity"),
+                ("Allocated", "integer", ".status.allocations"),
+                ("Free", "integer", ".status.free"),
+                ("Blocks", "integer", ".status.blocks"),
                 ("Age", "date", ".metadata.creationTimestamp"),
             ),
             source="ipam.crd.IPPoolSpec / IPPoolStatus",
+        ),
+        CRD(
+            group=ipam_crd.GROUP,
+            version=ipam_crd.VERSION,
+            kind=ipam_crd.BLOCK_KIND,
+            plural=ipam_crd.BLOCK_PLURAL,
+            singular="ippoolblock",
+            scope="Cluster",
+            spec_model=ipam_crd.IPPoolBlockSpec,
+            status_model=ipam_crd.IPPoolBlockStatus,
+            description=("IPPoolBlock is a block of an IPPool claimed by one node's agent (creating it is the "
+                         "claim), or one fixed IP held for an IPReservation."),
+            categories=("railnet",),
+            short_names=("ipblock",),
+            columns=(
+                ("Pool", "string", ".spec.pool"),
+                ("CIDR", "string", ".spec.cidr"),
+                ("Node", "string", ".spec.node"),
+                ("Allocated", "integer", ".status.allocated"),
+                ("Capacity", "integer", ".status.capacity"),
+                ("Age", "date", ".metadata.creationTimestamp"),
+            ),
+            source="ipam.crd.IPPoolBlockSpec / IPPoolBlockStatus",
+        ),
+        CRD(
+            group=ipam_crd.GROUP,
+            version=ipam_crd.VERSION,
+            kind=ipam_crd.RESERVATION_KIND,
+            plural=ipam_crd.RESERVATION_PLURAL,
+            singular="ipreservation",
+            scope="Namespaced",
+            spec_model=ipam_crd.IPReservationSpec,
+            description=("IPReservation is the fixed IP of one job replica or StatefulSet pod; it lives as long as "
+                         "its owner (ownerReferences)."),
+            categories=("railnet",),
+            short_names=("ipres",),
+            columns=(
+                ("Pool", "string", ".spec.pool"),
+                ("Address", "string", ".spec.address"),
+                ("Owner", "string", ".spec.owner.name"),
+                ("Replica", "string", ".spec.owner.replicaType"),
+                ("Index", "integer", ".spec.owner.index"),
+                ("Age", "date", ".metadata.creationTimestamp"),
+            ),
+            source="ipam.crd.IPReservationSpec",
         ),
         CRD(
             group="railnet.io",
@@ -192,6 +240,8 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], path: str, seen: tuple[
             else:  # JSON Schema 2020-12 number -> OpenAPI v3.0 bound + boolean flag
                 out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
                 out[key] = True
+        elif key == "nullable":  # an Optional already translated (an Optional list of models with Optionals)
+            out[key] = value
         elif key == "default":
             if value is not None:
                 out[key] = value

@@ -1,0 +1,139 @@
+"""Build the bench-only Go peers railnet is measured against (today: whereabouts) from their modules.
+
+    python -m railnet.dev.peers build     # build what is missing (no-op when built); `make bench` runs it
+    python -m railnet.dev.peers path      # print the binary directory
+    python -m railnet.dev.peers status    # list the binaries; exit 1 if any is missing
+
+Same approach as railnet.dev.k8sbin, whose helpers this imports: a pinned module version, a
+throw-away wrapper module, an atomic move into a versioned cache directory, a lock shared by
+concurrent builds and progress once a minute. Peers are never built by `make test`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Final
+
+from railnet.dev import k8sbin
+from railnet.dev.k8sbin import BuildError, Component, Log
+
+WHEREABOUTS_VERSION: Final = "v0.9.2"
+ENV_BIN_DIR: Final = "RAILNET_PEERS_BIN_DIR"
+COMPONENTS: Final = (
+    Component(
+        "whereabouts",
+        "github.com/k8snetworkplumbingwg/whereabouts",
+        WHEREABOUTS_VERSION,
+        ("github.com/k8snetworkplumbingwg/whereabouts/cmd",),
+        # its CRDs, installed from the same module version the binary is built from
+        assets=(
+            "doc/crds/whereabouts.cni.cncf.io_ippools.yaml",
+            "doc/crds/whereabouts.cni.cncf.io_overlappingrangeipreservations.yaml",
+        ),
+    ),
+)
+BINARY: Final = {"whereabouts": "whereabouts"}  # the main package is .../cmd; the binary is named here
+
+
+def version_key() -> str:
+    return "_".join(f"{c.name}-{c.version}" for c in COMPONENTS)
+
+
+def bin_dir() -> Path:
+    override = os.environ.get(ENV_BIN_DIR)
+    if override:
+        return Path(override).expanduser().resolve()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "railnet" / "peers" / version_key()
+
+
+def _manifest(directory: Path) -> dict[str, dict[str, str]]:
+    try:
+        data = json.loads((directory / k8sbin.MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def missing(directory: Path | None = None) -> list[str]:
+    directory = directory or bin_dir()
+    manifest = _manifest(directory)
+    return [c.name for c in COMPONENTS
+            if manifest.get(c.name, {}).get("version") != c.version or not os.access(directory / BINARY[c.name], os.X_OK)]
+
+
+def binary(name: str) -> Path:
+    if name in missing():
+        raise BuildError(f"{name} is not built in {bin_dir()}: run `python -m railnet.dev.peers build`")
+    return bin_dir() / BINARY[name]
+
+
+def asset(name: str, file: str) -> Path:
+    return bin_dir() / f"{name}-assets" / file
+
+
+def build(log: Log = k8sbin._say) -> Path:
+    directory = bin_dir()
+    if not missing(directory):
+        log(f"==> bench peers up to date in {directory}")
+        return directory
+    with k8sbin._locked(directory, log):
+        todo = [c for c in COMPONENTS if c.name in missing(directory)]
+        if not todo:
+            return directory
+        go_version = k8sbin.check_go()
+        root = directory / ".build"
+        root.mkdir(exist_ok=True)
+        k8sbin._check_modules(todo, root)
+        manifest = _manifest(directory)
+        for comp in todo:
+            start = time.monotonic()
+            log(f"==> {comp.name} {comp.module}@{comp.version}")
+            workdir = root / comp.name
+            workdir.mkdir(exist_ok=True)
+            (workdir / "go.mod").write_text(k8sbin._wrapper_gomod(comp, root))
+            with tempfile.TemporaryDirectory(dir=root, prefix=f"out-{comp.name}-") as tmp:
+                k8sbin._run_build(comp, workdir, Path(tmp), root / f"{comp.name}.log", log)
+                built = Path(tmp) / comp.binaries[0]
+                os.replace(built, directory / BINARY[comp.name])
+            info = json.loads(k8sbin._go(["mod", "download", "-json", f"{comp.module}@{comp.version}"], cwd=root))
+            target = directory / f"{comp.name}-assets"
+            target.mkdir(exist_ok=True)
+            for rel in comp.assets:
+                shutil.copyfile(Path(info["Dir"]) / rel, target / Path(rel).name)
+            manifest[comp.name] = {"module": comp.module, "version": comp.version, "go": go_version,
+                                   "build_seconds": f"{time.monotonic() - start:.0f}"}
+            (directory / k8sbin.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            log(f"    built {comp.name} in {time.monotonic() - start:.0f}s")
+    return directory
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m railnet.dev.peers", description=__doc__.split("\n")[0])
+    parser.add_argument("cmd", choices=("build", "path", "status"))
+    args = parser.parse_args(argv)
+    if args.cmd == "path":
+        print(bin_dir())
+        return 0
+    if args.cmd == "status":
+        absent = set(missing())
+        for comp in COMPONENTS:
+            print(f"{comp.name:14} {comp.module}@{comp.version}  {'missing' if comp.name in absent else 'built'}")
+        return 1 if absent else 0
+    try:
+        build()
+    except BuildError as exc:
+        print(f"railnet.dev.peers: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
