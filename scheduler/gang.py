@@ -17,6 +17,8 @@ rank order, trying narrow domains first.
 
 A one-pod job is not a gang problem: it goes through ``policies.decide`` with the railnet policy
 (the one the trace replay measures), learning its workload from the pods planned on the cluster.
+Its candidates are the cluster's groups of nodes in one state (``Cluster.states``), one score per
+distinct state, not one per node.
 Multi-member gangs keep the domain/slot logic above: their objective is network locality and
 all-or-nothing, which a per-node score does not express. Both paths reserve in a ``ClusterView``; the caller
 commits the view, so a gang that does not fit never holds capacity.
@@ -29,12 +31,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import TypeVar
+from weakref import WeakKeyDictionary
 
 from scheduler.domains import DomainId
 from scheduler.intranode import DeviceRequest, plan_devices
-from scheduler.model import Allocation, ModelError, Node, PodSpec
+from scheduler.model import Allocation, Cluster, ModelError, Node, PodSpec, StateKey, state_key
 from scheduler.placement import place_on_node
-from scheduler.policies import Hint, Policy, Score, decide, live_policy, state_key
+from scheduler.policies import Hint, Policy, Score, decide, live_policy
 from scheduler.topology import CompactTopology
 from scheduler.view import ClusterView
 
@@ -100,11 +103,99 @@ def plan_gangs(
 
 
 def _plan_single(view: ClusterView, gang: Gang, policy: Policy) -> GangPlan | None:
-    """One pod: the node ``policy`` scores best (``decide``, as in the trace replay); ties go to the
-    tightest node (best fit by free GPUs, the index order). Nodes in one state are scored once."""
+    """One pod: the node ``policy`` scores best (``decide``, as in the trace replay).
+
+    Ties go to the tightest node: for whole GPUs the fewest fully free GPUs in the cluster (best
+    fit), then the lowest node index; for other pods the lowest node index. Nodes are visited per
+    state (``Cluster.states``): each group of equal nodes is scored once and stands for its
+    lowest-index member, and nodes this view already changed are scored on their own.
+    """
     pod = gang.members[0]
     policy.observe(pod)
-    scored: dict[tuple[object, ...], tuple[Score, Hint] | None] = {}
+    if policy.uniform:
+        index, hint = _scan_uniform(view, pod, policy)
+    else:
+        index, hint = _choose_by_state(view, pod, policy)
+    if index is None:
+        return None
+    alloc = policy.allocate(view.node(index), pod, hint, _TIES)
+    if alloc is None:
+        return None
+    alloc = replace(alloc, group=gang.name)
+    view.reserve(alloc)
+    return GangPlan(gang.name, (alloc,), 0, view.cluster.domains.domain_of(index, 0))
+
+
+class _ScoreCache:
+    """Scores by (pod shape, node state) of the policy last used on one cluster.
+
+    Valid while the policy's learned values stay: a policy that learns (railnet) bumps ``version``
+    whenever ``observe`` or ``reset`` changes what ``evaluate`` returns; a policy without a
+    ``version`` attribute gets a fresh table for every decision (scores kept within one call).
+    """
+
+    LIMIT = 1 << 16  # entries; past it the table starts over (policies that never refresh)
+
+    def __init__(self) -> None:
+        self.policy: Policy | None = None
+        self.version: object = None
+        self.size = 0
+        self.tables: dict[tuple[object, ...], dict[StateKey, tuple[Score, Hint] | None]] = {}
+
+    def table(self, policy: Policy, pod: PodSpec) -> dict[StateKey, tuple[Score, Hint] | None]:
+        version = getattr(policy, "version", None)
+        if policy is not self.policy or version is None or version != self.version or self.size > self.LIMIT:
+            self.policy, self.version, self.size = policy, version, 0
+            self.tables = {}
+        table = self.tables.get(pod.shape())
+        if table is None:
+            table = self.tables[pod.shape()] = {}
+        return table
+
+
+_SCORES: WeakKeyDictionary[Cluster, _ScoreCache] = WeakKeyDictionary()
+
+
+def _choose_by_state(view: ClusterView, pod: PodSpec, policy: Policy) -> tuple[int | None, Hint]:
+    cluster = view.cluster
+    cache = _SCORES.get(cluster)
+    if cache is None:
+        cache = _SCORES[cluster] = _ScoreCache()
+    table = cache.table(policy, pod)
+    need = pod.whole_gpus
+    changed = view.changed()
+    # candidates: (node index, fully free GPUs in the cluster, its state here)
+    candidates: list[tuple[int, int, StateKey]] = []
+    for group in cluster.states().groups.values():
+        if group.whole_free >= need:
+            first = group.first(changed)
+            if first is not None:
+                candidates.append((first, group.whole_free, group.key))
+    for index in changed:
+        whole = cluster.nodes[index].whole_free.bit_count()
+        if whole >= need:  # the cluster's best-fit index holds it (the view only takes devices away)
+            candidates.append((index, whole, state_key(view.node(index))))
+
+    def evaluate(cand: tuple[int, int, StateKey]) -> tuple[Score, Hint] | None:
+        index, _, key = cand
+        if key in table:
+            return table[key]
+        entry = table[key] = policy.evaluate(view.node(index), pod)
+        cache.size += 1
+        return entry
+
+    def rank(cand: tuple[int, int, StateKey]) -> tuple[int, ...]:
+        return (cand[1], cand[0]) if need else (cand[0],)
+
+    chosen = decide(policy, pod, candidates, evaluate, rank, _TIES)
+    if chosen is None:
+        return None, None
+    return chosen[0][0], chosen[1]
+
+
+def _scan_uniform(view: ClusterView, pod: PodSpec, policy: Policy) -> tuple[int | None, Hint]:
+    """A uniform (random) policy draws among all tied nodes: every candidate node is visited."""
+    scored: dict[StateKey, tuple[Score, Hint] | None] = {}
 
     def evaluate(cand: tuple[int, int]) -> tuple[Score, Hint] | None:
         node = view.node(cand[1])
@@ -115,14 +206,8 @@ def _plan_single(view: ClusterView, gang: Gang, policy: Policy) -> GangPlan | No
 
     chosen = decide(policy, pod, enumerate(_candidates(view, pod)), evaluate, lambda c: (c[0],), _TIES)
     if chosen is None:
-        return None
-    (_, index), hint, _ = chosen
-    alloc = policy.allocate(view.node(index), pod, hint, _TIES)
-    if alloc is None:
-        return None
-    alloc = replace(alloc, group=gang.name)
-    view.reserve(alloc)
-    return GangPlan(gang.name, (alloc,), 0, view.cluster.domains.domain_of(index, 0))
+        return None, None
+    return chosen[0][1], chosen[1]
 
 
 # -- homogeneous gangs --------------------------------------------------------------------------

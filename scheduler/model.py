@@ -7,12 +7,13 @@ Pure data plus the bookkeeping that keeps it consistent. Decisions live elsewher
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import heapq
+from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from scheduler.domains import DEFAULT_DOMAIN_KEYS, DomainIndex
 from scheduler.intranode import DeviceRequest
-from scheduler.topology import CompactTopology, Scope, mask_of, uniform
+from scheduler.topology import CompactTopology, Scope, mask_of, uniform, varied
 
 MILLI = 1000  # milli-GPU per GPU
 
@@ -169,6 +170,98 @@ class Allocation:
         return len(self.gpus) * self.gpu_milli
 
 
+StateKey = tuple[object, ...]
+
+
+def state_key(node: Node) -> StateKey:
+    """Everything a policy's score reads from a node: nodes with equal keys score alike.
+
+    The number of fully free GPUs is part of every key: it is the bit count of ``whole_free``, or
+    the count of entries at ``MILLI`` in the sorted free milli (the model keeps the two in step).
+    """
+    topo = node.topology
+    return (
+        node.gpu_model,
+        node.cpu_milli,
+        node.memory_mib,
+        topo.topo_id,
+        node.cpu_free,
+        node.memory_free,
+        tuple(sorted(node.gpu_free_milli)),
+        (node.whole_free, node.nic_free) if topo.n_nics or varied(topo) else None,
+    )
+
+
+class StateGroup:
+    """The nodes of a cluster that are in one state (one ``state_key``)."""
+
+    __slots__ = ("key", "whole_free", "members", "_heap")
+
+    def __init__(self, key: StateKey, whole_free: int) -> None:
+        self.key = key
+        self.whole_free = whole_free  # fully free GPUs of every member
+        self.members: set[int] = set()
+        # node indices, a min-heap; entries of nodes that left are dropped lazily by ``first``
+        self._heap: list[int] = []
+
+    def add(self, index: int) -> None:
+        self.members.add(index)
+        heapq.heappush(self._heap, index)
+        if len(self._heap) > 2 * len(self.members) + 16:  # too many stale entries: rebuild
+            self._heap = sorted(self.members)
+
+    def first(self, skip: Container[int] = ()) -> int | None:
+        """The lowest member index not in ``skip`` (None when every member is skipped)."""
+        heap, members = self._heap, self.members
+        while heap[0] not in members:
+            heapq.heappop(heap)
+        if heap[0] not in skip:
+            return heap[0]
+        return next((i for i in _ascending(heap) if i in members and i not in skip), None)
+
+
+def _ascending(heap: list[int]) -> Iterator[int]:
+    """The entries of a min-heap in ascending order, lazily: O(k log k) for the first k."""
+    frontier = [(heap[0], 0)] if heap else []
+    while frontier:
+        value, pos = heapq.heappop(frontier)
+        yield value
+        for child in (2 * pos + 1, 2 * pos + 2):
+            if child < len(heap):
+                heapq.heappush(frontier, (heap[child], child))
+
+
+class StateIndex:
+    """Nodes grouped by state, kept current by ``Cluster.apply``/``release``.
+
+    A one-pod decision scores each group once and takes its lowest-index member (``gang``) instead
+    of visiting every node. Groups that become empty are dropped.
+    """
+
+    def __init__(self, nodes: Iterable[Node]) -> None:
+        self.groups: dict[StateKey, StateGroup] = {}
+        self._key_of: dict[int, StateKey] = {}
+        for node in nodes:
+            self.update(node)
+
+    def update(self, node: Node) -> None:
+        """File ``node`` under its current state (a no-op when the state did not change)."""
+        key = state_key(node)
+        old = self._key_of.get(node.index)
+        if old == key:
+            return
+        if old is not None:
+            left = self.groups[old]
+            left.members.discard(node.index)
+            if not left.members:
+                del self.groups[old]
+        group = self.groups.get(key)
+        if group is None:
+            group = self.groups[key] = StateGroup(key, node.whole_free.bit_count())
+        group.add(node.index)
+        self._key_of[node.index] = key
+
+
 class Cluster:
     """Nodes + ledger of allocations, with the indexes placement needs to stay O(candidates)."""
 
@@ -190,6 +283,7 @@ class Cluster:
         for node in self.nodes:
             self.by_whole_free[node.whole_free.bit_count()].add(node.index)
             self.domains.add_free(node, node.whole_free.bit_count())
+        self._states: StateIndex | None = None  # built on first use: replay clusters never need it
 
     # -- queries ---------------------------------------------------------------------------------
     def nodes_with_whole_free(self, at_least: int) -> Iterable[int]:
@@ -200,6 +294,12 @@ class Cluster:
         release allocations while iterating; plan in a ``ClusterView``."""
         for count in range(max(at_least, 0), len(self.by_whole_free)):
             yield from self.by_whole_free[count]
+
+    def states(self) -> StateIndex:
+        """Nodes grouped by state (``state_key``), kept current from now on."""
+        if self._states is None:
+            self._states = StateIndex(self.nodes)
+        return self._states
 
     @property
     def gpu_allocated_fraction(self) -> float:
@@ -255,6 +355,8 @@ class Cluster:
         return alloc
 
     def _reindex(self, node: Node, before: int) -> None:
+        if self._states is not None:
+            self._states.update(node)
         after = node.whole_free.bit_count()
         if after != before:
             self.by_whole_free[before].discard(node.index)

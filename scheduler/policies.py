@@ -1,8 +1,8 @@
 """Node-choice policies for one pod: railnet, and the FGD paper's FGD, BestFit and Random.
 
 A policy scores a node for a pod (higher is better, ``None`` when the pod does not fit) and then
-turns the chosen node into an allocation. Scores depend only on the node's state, so the replay
-engine scores each distinct state once and caches it.
+turns the chosen node into an allocation. Scores depend only on the node's state (``state_key``),
+so the replay engine and live one-pod placement score each distinct state once and cache it.
 
 Baselines follow the FGD authors' simulator (hkust-adsl/kubernetes-scheduler-simulator):
 
@@ -50,7 +50,6 @@ from bisect import insort
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
-from functools import lru_cache
 from itertools import combinations
 from typing import Protocol, TypeVar
 from weakref import WeakKeyDictionary
@@ -60,7 +59,8 @@ from scheduler.devices import DeviceAllocator, DeviceChoice, JointAllocator, nea
 from scheduler.fragmentation import FragmentationModel, Shape, typical_from_counts, typical_shapes
 from scheduler.intranode import DeviceRequest
 from scheduler.model import Allocation, Cluster, Node, PodSpec
-from scheduler.topology import CompactTopology, bits
+from scheduler.model import state_key as state_key  # re-exported: the state every score reads
+from scheduler.topology import bits
 
 MAX_SPEC_CPU = 128_000  # BestFit normalisation constants of the FGD simulator
 MAX_SPEC_GPU = 8_000
@@ -77,6 +77,8 @@ C = TypeVar("C")
 
 
 class Policy(Protocol):
+    """Optionally also ``version``: see ``Fixed``; without it live placement caches no score across pods."""
+
     name: str
     uniform: bool  # pick uniformly among feasible nodes (Random); others break ties by node order
 
@@ -90,7 +92,12 @@ class Policy(Protocol):
 
 
 class Fixed:
-    """A policy that learns nothing from arriving pods (the baselines)."""
+    """A policy that learns nothing from arriving pods (the baselines).
+
+    ``version`` changes whenever what ``evaluate`` returns may have changed (never, here); live
+    placement keeps scores across pods while it stays the same (``gang._ScoreCache``)."""
+
+    version = 0
 
     def reset(self) -> None:
         return None
@@ -98,28 +105,6 @@ class Fixed:
     def observe(self, pod: PodSpec) -> bool:
         """Called once per arriving pod before it is placed; True when earlier scores are stale."""
         return False
-
-
-def state_key(node: Node) -> tuple[object, ...]:
-    """Everything a policy's score reads from a node: nodes with equal keys score alike."""
-    topo = node.topology
-    return (
-        node.gpu_model,
-        node.cpu_milli,
-        node.memory_mib,
-        topo.topo_id,
-        node.cpu_free,
-        node.memory_free,
-        tuple(sorted(node.gpu_free_milli)),
-        (node.whole_free, node.nic_free) if topo.n_nics or varied(topo) else None,
-    )
-
-
-@lru_cache(maxsize=256)
-def varied(topo: CompactTopology) -> bool:
-    """True when GPU pairs sit at different tiers, i.e. the node's topology is known."""
-    values = {v for i, row in enumerate(topo.gpu_gpu) for j, v in enumerate(row) if i != j}
-    return len(values) > 1
 
 
 def decide(
@@ -349,6 +334,7 @@ class RailnetPolicy(FgdPolicy):
 
     def reset(self) -> None:
         """Forget every pod seen (a new replay)."""
+        self.version += 1
         self.workload = ArrivedWorkload(self.refresh_every)
         self.cpu_per_gpu = 0.0
         self.frag = FragmentationModel([], fits_memory=True)
@@ -356,6 +342,7 @@ class RailnetPolicy(FgdPolicy):
     def observe(self, pod: PodSpec) -> bool:
         if not self.workload.add(pod):
             return False
+        self.version += 1  # scores computed before this refresh are stale
         self.cpu_per_gpu = self.workload.cpu_per_gpu()
         self.frag = FragmentationModel(self.workload.typical(), fits_memory=True)
         return True

@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 
 from scheduler.devices import set_score
 from scheduler.intranode import DeviceRequest, plan_devices
-from scheduler.model import Allocation, Cluster, Node, PodSpec, new_node
-from scheduler.policies import Hint, Policy, Score, decide, state_key, varied
+from scheduler.model import Allocation, Cluster, Node, PodSpec, new_node, state_key
+from scheduler.policies import Hint, Policy, Score, decide
 from scheduler.synthetic import hgx_like
-from scheduler.topology import Tier, uniform
+from scheduler.topology import Tier, uniform, varied
 from scheduler.trace import NodeRow
 
 CHECKPOINTS = (100, 130)

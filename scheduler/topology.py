@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
+from functools import lru_cache
 from typing import Protocol
 
 from netmanager.topology.tiers import Tier
@@ -30,6 +31,7 @@ __all__ = [
     "intern",
     "mask_of",
     "uniform",
+    "varied",
 ]
 
 
@@ -144,6 +146,13 @@ def uniform(n_gpus: int, n_nics: int = 0, tier: int = Tier.CROSS_SOCKET) -> Comp
     gg = [[0 if i == j else tier for j in range(n_gpus)] for i in range(n_gpus)]
     gn = [[tier] * n_nics for _ in range(n_gpus)]
     return intern(gg, gn)
+
+
+@lru_cache(maxsize=256)
+def varied(topo: CompactTopology) -> bool:
+    """True when GPU pairs sit at different tiers, i.e. the node's topology is known."""
+    values = {v for i, row in enumerate(topo.gpu_gpu) for j, v in enumerate(row) if i != j}
+    return len(values) > 1
 
 
 class _NodeTopologyLike(Protocol):

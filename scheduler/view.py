@@ -62,6 +62,15 @@ class ClusterView:
     def touched(self) -> Iterable[int]:
         return self._overlay.keys()
 
+    def changed(self) -> set[int]:
+        """Nodes whose state here differs from the cluster's: touched by this view or an enclosing one."""
+        out: set[int] = set()
+        view: Cluster | ClusterView = self
+        while isinstance(view, ClusterView):
+            out.update(view._overlay)
+            view = view.parent
+        return out
+
     def commit(self) -> None:
         """Apply this view's reservations to the cluster, all or none."""
         commit(self.cluster, self.reserved)

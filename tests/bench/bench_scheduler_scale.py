@@ -10,9 +10,13 @@ leaf, 8 leaves per spine, 4 spines per zone. Measured, in this process:
   placements applied to the cluster); then, for information only, railnet warm (median of 5,
   memo tables kept) and cold on a cluster already half full (random 1-8 GPU pods on random nodes);
 * throughput: 3,000 single-pod jobs (``RAILNET_BENCH_JOBS``) (1, 2, 4 or 8 GPUs with as many NICs) planned and committed
-  one by one (railnet: a ``ClusterView`` transaction each, placed by the railnet policy through
-  ``policies.decide``); when a job does not fit, the oldest running job ends first (FIFO churn),
-  so the 1,000-node cluster runs full instead of rejecting. Both start cold.
+  one by one (railnet: a ``ClusterView`` transaction each, placed by the cluster's live railnet
+  policy through ``policies.decide``, one candidate per distinct node state: ``Cluster.states``);
+  when a job does not fit, the oldest running job ends first (FIFO churn), so the 1,000-node
+  cluster runs full instead of rejecting. Both start cold: a new cluster (so a new state index,
+  live policy and score cache, all built inside the timed loop) and empty memo tables.
+
+Options (environment): ``RAILNET_BENCH_NODES`` (default ``1000,5000``), ``RAILNET_BENCH_JOBS``.
 
 Peer, measured in the same run: a naive per-pod full scan written in Python here (filter every
 node, best fit by free GPUs, lowest free GPUs and NICs): no index, no memo table, no topology.
