@@ -94,7 +94,7 @@ def audit(api: KubeApi, check_pods: bool = True) -> Report:
             if stats:
                 stats["blocks"] += 1
         for a in (blk.get("status") or {}).get("allocations") or []:
-            where = f"{bname} ({a.get('containerID')}/{a.get('ifname')})"
+            where = f"{bname} ({a.get('containerId')}/{a.get('ifname')})"
             if ipaddress.ip_address(a["address"]) not in net:
                 rep.conflicts.append(f"{a['address']} is published in block {bname} but lies outside it")
             holders[a["address"]].append(where)

@@ -80,7 +80,7 @@ class Publisher:
         pool = self.cluster.pools.all().get(pool_name)
         status: dict[str, Any] = {
             "allocated": len(inside),
-            "allocations": [{"address": a, "containerID": cid, "ifname": ifn, **({"pod": pod} if pod else {})}
+            "allocations": [{"address": a, "containerId": cid, "ifname": ifn, **({"pod": pod} if pod else {})}
                             for a, cid, ifn, pod in inside],
             "published": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }

@@ -148,6 +148,8 @@ class Agent:
             self.publisher.start()
         self.dispatcher = Dispatcher(IpamService(store, PoolRegistry(pools_dir), self.cluster), self.attachments,
                                      sysfs)
+        self.locks = KeyedLocks()
+        self.gc_gate = SharedExclusive()
 
     def close(self) -> None:
         if self.publisher is not None:
