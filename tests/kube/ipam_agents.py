@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import uuid
@@ -62,10 +63,8 @@ class Nodes:
         for agent in self.agents:
             agent.stop()
         for name in self.names:
-            try:
+            with contextlib.suppress(client.ApiException):
                 self.core.delete_node(name)
-            except client.ApiException:
-                pass
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
