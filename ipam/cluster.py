@@ -23,8 +23,6 @@ import ipaddress
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +40,7 @@ from cni.spec.errors import (
 from ipam import addrset
 from ipam.config import PoolSpec
 from ipam.crd import BLOCK_KIND, GROUP, NODE_LABEL, POOL_LABEL, VERSION, IPPoolSpec, block_name
+from ipam.gate import SharedExclusive
 from ipam.kubeapi import ApiError, KubeApi
 from ipam.poolcache import PoolCache
 from ipam.store import Allocation, IpamStore
@@ -76,40 +75,6 @@ def api_failure(exc: ApiError, what: str) -> CniError:
     return CniError(POOL_CONFLICT, f"{what}: the API server refused", str(exc))
 
 
-class BlockGate:
-    """Allocations share it; releasing a block takes it alone, so no ADD can land in a block that is
-    being given back (which would hand the address to two nodes)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._shared = 0
-        self._exclusive = False
-
-    @contextmanager
-    def shared(self) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: not self._exclusive)
-            self._shared += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._shared -= 1
-                self._cond.notify_all()
-
-    @contextmanager
-    def exclusive(self) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: not self._exclusive and not self._shared)
-            self._exclusive = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._exclusive = False
-                self._cond.notify_all()
-
-
 @dataclass(frozen=True)
 class PodRef:
     namespace: str
@@ -135,7 +100,7 @@ class ClusterStore:
         self.interval = interval
         store.db.ensure(SCHEMA)
         self.pools = PoolCache(api)
-        self.gate = BlockGate()
+        self.gate = SharedExclusive()  # allocations shared; giving a block back alone
         self._claim_locks: dict[str, threading.Lock] = {}
         self._claim_guard = threading.Lock()
         self._labels: tuple[float, dict[str, str]] | None = None

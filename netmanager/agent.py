@@ -27,6 +27,7 @@ from typing import IO, Any
 from cni.attachments import AttachmentStore
 from cni.dispatch import Dispatcher
 from cni.spec.wire import ShimRequest
+from ipam.gate import SharedExclusive
 from ipam.plugin import IpamService
 from ipam.pools import PoolRegistry
 from ipam.sqlite import Database
@@ -67,43 +68,6 @@ class KeyedLocks:
                 self._users[key] -= 1
                 if not self._users[key]:
                     del self._users[key], self._locks[key]
-
-
-class SharedExclusive:
-    """Many holders in shared mode, or one in exclusive mode; a waiting exclusive holder blocks new
-    shared ones, so a GC is not starved by a steady stream of ADDs."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._shared = 0
-        self._exclusive = False
-        self._waiting = 0
-
-    @contextmanager
-    def shared(self) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: not self._exclusive and not self._waiting)
-            self._shared += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._shared -= 1
-                self._cond.notify_all()
-
-    @contextmanager
-    def exclusive(self) -> Iterator[None]:
-        with self._cond:
-            self._waiting += 1
-            self._cond.wait_for(lambda: not self._exclusive and not self._shared)
-            self._waiting -= 1
-            self._exclusive = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._exclusive = False
-                self._cond.notify_all()
 
 
 class StateDirBusy(RuntimeError):
@@ -152,11 +116,10 @@ class Agent:
         self.gc_gate = SharedExclusive()
 
     def close(self) -> None:
+        """Stop the cluster store's threads (publishing block status, the IPPool watch)."""
         if self.publisher is not None:
             self.publisher.stop()
             self.cluster.stop()
-        self.locks = KeyedLocks()
-        self.gc_gate = SharedExclusive()
 
     @contextmanager
     def _serialised(self, env: dict[str, str]) -> Iterator[None]:

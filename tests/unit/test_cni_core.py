@@ -19,7 +19,7 @@ from cni.spec import errors
 from cni.spec.errors import CniError
 from cni.spec.exec import find_plugin, require_bare_name
 from cni.spec.rollback import Rollback
-from netmanager.agent import SharedExclusive
+from ipam.gate import SharedExclusive
 
 
 @pytest.mark.parametrize("name", ["host-local", "railnet-ipam", "static", "a.b_c-1"])
