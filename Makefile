@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DEB_PACKAGES := containernetworking-plugins iproute2 sqlite3 gcc libc6-dev
+DEB_PACKAGES := containernetworking-plugins iproute2 sqlite3 gcc libc6-dev runc iptables conntrack mmdebstrap
 
 CC ?= cc
 NATIVE_SHIM := cni/native/railnet-shim

@@ -7,6 +7,7 @@ their pids, ports and start times are recorded in the cluster's state directory 
 next `up`) can stop exactly them.
 
     python -m railnet.dev.devcluster up [--name N] [--nodes 3] [--label k=v] [--capacity nvidia.com/gpu=8]
+                                        [--real-node]   # + this machine as a node (railnet.dev.node)
     python -m railnet.dev.devcluster status [--name N]
     python -m railnet.dev.devcluster down [--name N]
 
@@ -42,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from railnet.dev import k8sbin
+from railnet.dev import images, k8sbin, node
 
 ENV_HOME: Final = "RAILNET_DEV_CLUSTER_HOME"
 DEFAULT_NAME: Final = "railnet"
@@ -453,13 +454,17 @@ class DevCluster:
 
     # -- up
     def up(self, nodes: NodeSet | None = None, options: Options | None = None, log: Log = _say,
-           timeout: float = 60.0) -> Path:
-        """Start the cluster (reaping a stale one first) and return the kubeconfig path."""
+           timeout: float = 60.0, real_node: bool = False, node_timeout: float = 240.0) -> Path:
+        """Start the cluster (reaping a stale one first) and return the kubeconfig path.
+
+        `real_node`: also run this machine as a node (containerd + kubelet, railnet.dev.node).
+        """
         nodes = nodes if nodes is not None else NodeSet()
         options = options or Options()
         reap_orphans(log)
         state = self.state()
-        if state and all(self.running().values()) and set(self.running()) == set(COMPONENTS):
+        wanted = set(COMPONENTS) | (set(node.NODE_PROCESSES) if real_node else set())
+        if state and all(self.running().values()) and set(self.running()) == wanted:
             log(f"==> cluster {self.name!r} is already up")
             return self.kubeconfig
         if self.dir.exists():
@@ -471,10 +476,14 @@ class DevCluster:
             log(f"==> control-plane binaries missing ({', '.join(missing)}); building them")
             k8sbin.build(log=log)
         bins = k8sbin.bin_dir()
+        if real_node:
+            images.build_all(log)  # cached; the first build (minutes) must not eat the start-up deadline
 
         started = time.monotonic()
         try:
             self._start(bins, nodes, options, log, started + timeout)
+            if real_node:
+                node.start(self, self.state(), log, time.monotonic() + node_timeout)
         except BaseException:
             self.down(log=_quiet)
             raise
@@ -533,7 +542,10 @@ class DevCluster:
             # Without a requestheader CA, KCM and the scheduler log an error on every auth config sync.
             f"--requestheader-client-ca-file={p / 'ca.crt'}", "--requestheader-allowed-names=front-proxy-client",
             "--requestheader-username-headers=X-Remote-User", "--requestheader-group-headers=X-Remote-Group",
-            "--requestheader-extra-headers-prefix=X-Remote-Extra-", *opt.extra_apiserver_args,
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            # For logs/exec/port-forward on the real node: kubelet trusts certs of the cluster's CA.
+            f"--kubelet-client-certificate={p / 'admin.crt'}", f"--kubelet-client-key={p / 'admin.key'}",
+            "--kubelet-preferred-address-types=InternalIP,Hostname", *opt.extra_apiserver_args,
         ])
         api = Api(server, p)
         self._wait(state, "kube-apiserver", functools.partial(api.ok, "/readyz"), deadline)
@@ -577,11 +589,12 @@ class DevCluster:
         if nodes.count:
             self.add_nodes(nodes, deadline=deadline, log=log)
 
-    def _spawn(self, state: dict[str, Any], comp: str, argv: list[str]) -> None:
+    def _spawn(self, state: dict[str, Any], comp: str, argv: list[str],
+               env: Mapping[str, str] | None = None) -> None:
         logf = (self.dir / "logs" / f"{comp}.log").open("ab")
         preexec = _die_with_parent(os.getpid()) if self.owner else None
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, cwd=self.dir,
+            argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, cwd=self.dir, env=env,
             start_new_session=True,  # own process group: `down` signals it as a whole
             preexec_fn=preexec,
         )
@@ -645,13 +658,18 @@ class DevCluster:
             log(f"==> cluster {self.name!r} is not running ({self.dir} does not exist)")
             return False
         procs = self.state().get("processes", {})
+        left: list[str] = []
+        if (self.dir / "node").exists():  # the real node first: its pods' CNI DEL needs containerd
+            left = node.teardown(node.Layout(self.dir, self.name), procs, log)
         # Stop the clients before the servers so they do not log a storm of connection errors.
-        order = {n: procs[n] for n in reversed(COMPONENTS) if n in procs}
+        order = {n: procs[n] for n in [*reversed(node.NODE_PROCESSES), *reversed(COMPONENTS)] if n in procs}
         stopped = _stop_pids(order)
         for proc in self._popen.values():
             with contextlib.suppress(Exception):
                 proc.wait(timeout=1)
         self._popen.clear()
+        if left:  # never delete what is still mounted: rmtree would descend into it
+            raise DevClusterError(f"the real node left {left}; kept {self.dir}")
         shutil.rmtree(self.dir, ignore_errors=True)
         log(f"==> cluster {self.name!r} down (stopped {', '.join(stopped) or 'nothing'}; removed {self.dir})")
         return True
@@ -672,10 +690,16 @@ class DevCluster:
                 continue
             word = "running" if running.get(comp) else "DEAD"
             lines.append(f"  {comp:24} pid {proc['pid']:<8} {word:8} 127.0.0.1:{ports.get(port_of[comp])}")
+        real = state.get("node")
+        for comp in node.NODE_PROCESSES if real else ():
+            proc = state.get("processes", {}).get(comp)
+            word = "running" if running.get(comp) else "DEAD"
+            lines.append(f"  {comp:24} pid {proc['pid'] if proc else '-':<8} {word:8} real node {(real or {}).get('name')}")
         owner = state.get("owner")
         if owner:
             lines.append(f"  owned by pid {owner['pid']} ({'alive' if _alive(owner['pid'], owner['start']) else 'dead'})")
-        healthy = set(running) == set(COMPONENTS) and all(running.values())
+        wanted = set(COMPONENTS) | (set(node.NODE_PROCESSES) if real else set())
+        healthy = set(running) == wanted and all(running.values())
         if healthy:
             try:
                 nodes = self.api().get("/api/v1/nodes")["items"]
@@ -750,6 +774,8 @@ def main(argv: list[str] | None = None) -> int:
                            help=f"node capacity, merged over {DEFAULT_CAPACITY}")
             p.add_argument("--node-lease-seconds", type=int, default=40)
             p.add_argument("--timeout", type=float, default=60.0, help="start-up deadline in seconds")
+            p.add_argument("--real-node", action="store_true",
+                           help="also run this machine as a node: containerd + kubelet + kube-proxy + CoreDNS")
     args = parser.parse_args(argv)
     cluster = DevCluster(args.name, state_dir=args.state_dir)
     try:
@@ -757,7 +783,7 @@ def main(argv: list[str] | None = None) -> int:
             nodes = NodeSet(count=args.nodes, labels=_pairs(args.label, "label"),
                             capacity=_pairs(args.capacity, "capacity"))
             kubeconfig = cluster.up(nodes, Options(node_lease_seconds=args.node_lease_seconds),
-                                    timeout=args.timeout)
+                                    timeout=args.timeout, real_node=args.real_node)
             print(kubeconfig)
             return 0
         if args.cmd == "down":
@@ -766,7 +792,7 @@ def main(argv: list[str] | None = None) -> int:
         healthy, text = cluster.status()
         print(text)
         return 0 if healthy else 1
-    except (DevClusterError, k8sbin.BuildError, OSError) as exc:
+    except (DevClusterError, k8sbin.BuildError, node.NodeError, images.ImageError, OSError) as exc:
         print(f"railnet dev-cluster: error: {exc}", file=sys.stderr)
         return 1
 

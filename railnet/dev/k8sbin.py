@@ -1,8 +1,13 @@
-"""Build the pinned Kubernetes control-plane binaries from Go modules.
+"""Build the pinned Kubernetes binaries (control plane, real node, tools) from Go modules.
 
 No release binaries can be downloaded where railnet is developed, but the Go module proxy is
-reachable, so kube-apiserver, kube-controller-manager, kube-scheduler, etcd and kwok are compiled from
-their modules into a cache directory outside the repository and reused from there.
+reachable, so the control plane (kube-apiserver, kube-controller-manager, kube-scheduler, etcd, kwok)
+and the real node (kubelet, kube-proxy, kubectl, containerd + shim + ctr, crictl, CoreDNS) are compiled
+from their modules into a cache directory outside the repository and reused from there.
+
+Each component is cached in its own directory keyed by its own version
+(~/.cache/railnet/k8s-bin/<component>-<version>/), so adding or bumping one component never rebuilds
+the others; bin_dir() is a directory of symlinks to all of them, keyed by every pin.
 
     python -m railnet.dev.k8sbin build     # build what is missing (fast no-op when everything is built)
     python -m railnet.dev.k8sbin path      # print the binary directory
@@ -37,10 +42,17 @@ from typing import Any, Final
 KUBERNETES_VERSION: Final = "v1.37.2"
 ETCD_VERSION: Final = "v3.7.3"
 KWOK_VERSION: Final = "v0.8.0"
-GO_MIN_VERSION: Final = (1, 26)  # all three modules declare `go 1.26.0`
+# The real node: containerd v2 (kubelet 1.37 needs containerd >= 2.0; Debian's 1.6 is too old), crictl
+# of the same minor as Kubernetes, CoreDNS's latest release (its go.mod wants go 1.26.0 too).
+CONTAINERD_VERSION: Final = "v2.4.2"
+CRI_TOOLS_VERSION: Final = "v1.37.0"
+COREDNS_VERSION: Final = "v1.15.0"
+GO_MIN_VERSION: Final = (1, 26)  # every pinned module declares `go 1.26.x` (containerd: 1.26.6)
 
 ENV_BIN_DIR: Final = "RAILNET_K8S_BIN_DIR"
 BINARIES: Final = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+NODE_BINARIES: Final = ("kubelet", "kube-proxy", "kubectl", "containerd", "containerd-shim-runc-v2", "ctr",
+                        "crictl", "coredns")
 MANIFEST: Final = "manifest.json"
 
 Log = Callable[[str], None]
@@ -57,6 +69,7 @@ class Component:
     version: str
     packages: tuple[str, ...]  # main packages; the binary is named after the last path element
     assets: tuple[str, ...] = ()  # files copied from the module source into <bin_dir>/<name>-assets/
+    ldflags: tuple[str, ...] = ()  # extra `-X pkg.var=value` flags, so `--version` reports the pin
 
     @property
     def binaries(self) -> tuple[str, ...]:
@@ -90,7 +103,40 @@ COMPONENTS: Final = (
             "k8s.io/kubernetes/cmd/kube-scheduler",
         ),
     ),
+    # A separate component (same module and version) so that adding it did not rebuild the control plane.
+    Component(
+        "kubernetes-node",
+        "k8s.io/kubernetes",
+        KUBERNETES_VERSION,
+        ("k8s.io/kubernetes/cmd/kubelet", "k8s.io/kubernetes/cmd/kube-proxy", "k8s.io/kubernetes/cmd/kubectl"),
+    ),
+    Component(
+        "containerd",
+        "github.com/containerd/containerd/v2",
+        CONTAINERD_VERSION,
+        (
+            "github.com/containerd/containerd/v2/cmd/containerd",
+            "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2",
+            "github.com/containerd/containerd/v2/cmd/ctr",
+        ),
+        ldflags=(f"-X github.com/containerd/containerd/v2/version.Version={CONTAINERD_VERSION}",),
+    ),
+    Component(
+        "cri-tools",
+        "sigs.k8s.io/cri-tools",
+        CRI_TOOLS_VERSION,
+        ("sigs.k8s.io/cri-tools/cmd/crictl",),
+        ldflags=(f"-X sigs.k8s.io/cri-tools/pkg/version.Version={CRI_TOOLS_VERSION}",),
+    ),
+    Component("coredns", "github.com/coredns/coredns", COREDNS_VERSION, ("github.com/coredns/coredns",)),
 )
+
+# How each binary is asked for its version, where it is not `--version`.
+_VERSION_ARGS: Final = {
+    "containerd-shim-runc-v2": ["-v"],
+    "coredns": ["-version"],
+    "kubectl": ["version", "--client"],
+}
 
 
 def _binary_name(package: str) -> str:
@@ -98,16 +144,31 @@ def _binary_name(package: str) -> str:
 
 
 def version_key() -> str:
-    return f"k8s-{KUBERNETES_VERSION}_etcd-{ETCD_VERSION}_kwok-{KWOK_VERSION}"
+    return (f"k8s-{KUBERNETES_VERSION}_etcd-{ETCD_VERSION}_kwok-{KWOK_VERSION}_containerd-{CONTAINERD_VERSION}"
+            f"_crictl-{CRI_TOOLS_VERSION}_coredns-{COREDNS_VERSION}")
+
+
+def _override() -> Path | None:
+    value = os.environ.get(ENV_BIN_DIR)
+    return Path(value).expanduser().resolve() if value else None
+
+
+def cache_root() -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "railnet" / "k8s-bin"
 
 
 def bin_dir() -> Path:
-    """Where the binaries live: $RAILNET_K8S_BIN_DIR, else ~/.cache/railnet/k8s-bin/<version-key>."""
-    override = os.environ.get(ENV_BIN_DIR)
-    if override:
-        return Path(override).expanduser().resolve()
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "railnet" / "k8s-bin" / version_key()
+    """Where the binaries are found: $RAILNET_K8S_BIN_DIR, else ~/.cache/railnet/k8s-bin/<version-key>.
+
+    Without the override that directory only holds symlinks into the per-component directories.
+    """
+    return _override() or cache_root() / version_key()
+
+
+def component_dir(comp: Component) -> Path:
+    """Where one component is built: its own <name>-<version> directory (the override: one flat dir)."""
+    return _override() or cache_root() / f"{comp.name}-{comp.version}"
 
 
 def _read_manifest(directory: Path) -> dict[str, Any]:
@@ -147,16 +208,75 @@ def _copy_assets(comp: Component, directory: Path, scratch: Path) -> None:
 
 
 def missing(directory: Path | None = None) -> list[str]:
-    """Names of the pinned binaries not (or not at the pinned version) in `directory`."""
-    directory = directory or bin_dir()
-    manifest = _read_manifest(directory)
-    return [b for c in COMPONENTS if not _component_built(directory, manifest, c) for b in c.binaries]
+    """Names of the pinned binaries not (or not at the pinned version) in `directory`.
+
+    Without `directory`: each component in its own directory, and the links of bin_dir() to it.
+    """
+    out = []
+    view = bin_dir()
+    for comp in COMPONENTS:
+        d = directory or component_dir(comp)
+        built = _component_built(d, _read_manifest(d), comp)
+        if built and directory is None and d != view:
+            built = all((view / b).resolve() == (d / b).resolve() for b in comp.binaries)
+        out += [] if built else list(comp.binaries)
+    return out
+
+
+def _link_view(log: Log) -> None:
+    """Point bin_dir()'s symlinks at the component directories (nothing to do with the override)."""
+    view = bin_dir()
+    if _override():
+        return
+    view.mkdir(parents=True, exist_ok=True)
+    for comp in COMPONENTS:
+        d = component_dir(comp)
+        names = list(comp.binaries) + ([asset_dir(comp.name, d).name] if comp.assets else [])
+        for name in names:
+            link = view / name
+            if link.is_symlink() and link.resolve() == (d / name).resolve():
+                continue
+            tmp = view / f".{name}.tmp"
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            tmp.symlink_to(d / name)
+            if link.is_dir() and not link.is_symlink():
+                shutil.rmtree(link)
+            os.replace(tmp, link)
+
+
+def _adopt(comp: Component, directory: Path, manifest: dict[str, Any], log: Log) -> bool:
+    """Reuse a component already built at its version in another cache dir (the old one-dir layout)."""
+    for other in sorted(cache_root().glob(f"*/{MANIFEST}")):
+        src = other.parent
+        if src == directory or not _component_built(src, _read_manifest(src), comp):
+            continue
+        if any((src / b).is_symlink() for b in comp.binaries):
+            continue
+        for name in comp.binaries:
+            tmp = directory / f".{name}.adopt"
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            try:
+                os.link(src / name, tmp)  # same filesystem: no copy, no extra disk
+            except OSError:
+                shutil.copy2(src / name, tmp)
+            os.replace(tmp, directory / name)
+        if comp.assets:
+            shutil.copytree(asset_dir(comp.name, src), asset_dir(comp.name, directory), dirs_exist_ok=True)
+        entry = dict(_read_manifest(src)["components"][comp.name])
+        entry["adopted_from"] = str(src)
+        manifest.setdefault("components", {})[comp.name] = entry
+        (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        log(f"==> {comp.name} {comp.version}: reused the build in {src}")
+        return True
+    return False
 
 
 def binary(name: str) -> Path:
     """Path of one built binary; raises BuildError if it has not been built."""
     directory = bin_dir()
-    if name in missing(directory):
+    if name in missing():
         raise BuildError(f"{name} is not built in {directory}: run `make k8s-bin` (python -m railnet.dev.k8sbin build)")
     return directory / name
 
@@ -244,7 +364,7 @@ def _staging_version(k8s_version: str) -> str:
 
 def _wrapper_gomod(comp: Component, scratch: Path) -> str:
     lines = [f"module railnet.local/build/{comp.name}", "", "go 1.26.0", ""]
-    if comp.name == "kubernetes":
+    if comp.module == "k8s.io/kubernetes":
         info = json.loads(_go(["mod", "download", "-json", f"{comp.module}@{comp.version}"], cwd=scratch))
         upstream = json.loads(_go(["mod", "edit", "-json", info["GoMod"]], cwd=scratch))
         lines[2] = f"go {upstream.get('Go', '1.26.0')}"
@@ -271,8 +391,8 @@ def _wrapper_gomod(comp: Component, scratch: Path) -> str:
 
 
 def _ldflags(comp: Component) -> str:
-    flags = ["-s", "-w"]
-    if comp.name == "kubernetes":
+    flags = ["-s", "-w", *comp.ldflags]
+    if comp.module == "k8s.io/kubernetes":
         # Without these /version reports v0.0.0-master, which trips version-skew and
         # compatibility-version checks.
         major, minor = comp.version.removeprefix("v").split(".")[:2]
@@ -318,13 +438,14 @@ def _run_build(comp: Component, workdir: Path, outdir: Path, log_path: Path, log
 
 
 def _version_check(path: Path, version: str) -> None:
+    args = _VERSION_ARGS.get(path.name, ["--version"])
     try:
-        out = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=60)
+        out = subprocess.run([str(path), *args], capture_output=True, text=True, timeout=60)
     except OSError as exc:
         raise BuildError(f"built {path} does not run: {exc}") from exc
     text = out.stdout + out.stderr
     if version.removeprefix("v") not in text:
-        raise BuildError(f"{path} --version does not report {version}: {text.strip()[:300]}")
+        raise BuildError(f"{path} {' '.join(args)} does not report {version}: {text.strip()[:300]}")
 
 
 @contextlib.contextmanager
@@ -345,49 +466,60 @@ def _say(msg: str) -> None:
 
 
 def build(force: bool = False, log: Log = _say) -> Path:
-    """Build every missing binary into bin_dir(); return the directory. Raises BuildError."""
+    """Build every missing component into its directory, link bin_dir(); return bin_dir(). BuildError."""
     directory = bin_dir()
-    if not force and not missing(directory):
+    if not force and not missing():
         log(f"==> k8s binaries up to date in {directory}")
         return directory
-    with _locked(directory, log):
-        manifest = _read_manifest(directory)
-        todo = [c for c in COMPONENTS if force or not _component_built(directory, manifest, c)]
-        if not todo:  # someone else built them while we waited for the lock
-            log(f"==> k8s binaries up to date in {directory}")
-            return directory
-        go_version = check_go()
-        build_root = directory / ".build"
-        build_root.mkdir(exist_ok=True)
-        log(f"==> building {', '.join(b for c in todo for b in c.binaries)} with {go_version} into {directory}")
-        _check_modules(todo, build_root)
-        total = time.monotonic()
-        for comp in todo:
-            start = time.monotonic()
-            log(f"==> {comp.name} {comp.module}@{comp.version}")
-            workdir = build_root / comp.name
-            workdir.mkdir(exist_ok=True)
-            (workdir / "go.mod").write_text(_wrapper_gomod(comp, build_root))
-            with tempfile.TemporaryDirectory(dir=build_root, prefix=f"out-{comp.name}-") as tmp:
-                _run_build(comp, workdir, Path(tmp), build_root / f"{comp.name}.log", log)
-                for name in comp.binaries:
-                    _version_check(Path(tmp) / name, comp.version)
-                    os.replace(Path(tmp) / name, directory / name)  # atomic: no half-written binary
-            _copy_assets(comp, directory, build_root)
-            seconds = round(time.monotonic() - start, 1)
-            manifest.setdefault("components", {})[comp.name] = {
-                "module": comp.module,
-                "version": comp.version,
-                "binaries": list(comp.binaries),
-                "go": go_version,
-                "build_seconds": seconds,
-                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
-            manifest["key"] = version_key()
-            (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-            log(f"    built {', '.join(comp.binaries)} in {seconds:.0f}s")
-        log(f"==> done in {time.monotonic() - total:.0f}s: {directory}")
+    todo = [c for c in COMPONENTS if force or c.binaries[0] in missing()]
+    go_version = ""
+    total = time.monotonic()
+    for comp in todo:
+        cdir = component_dir(comp)
+        with _locked(cdir, log):
+            manifest = _read_manifest(cdir)
+            if not force and _component_built(cdir, manifest, comp):
+                continue  # built by someone else while we waited for the lock
+            if not force and not _override() and _adopt(comp, cdir, manifest, log):
+                continue
+            if not go_version:
+                go_version = check_go()
+                rest = [c for c in todo if force or not _component_built(component_dir(c), _read_manifest(
+                    component_dir(c)), c)]
+                log(f"==> building {', '.join(b for c in rest for b in c.binaries)} with {go_version}")
+                _check_modules(rest, cdir)
+            _build_component(comp, cdir, manifest, go_version, log)
+    _link_view(log)
+    log(f"==> done in {time.monotonic() - total:.0f}s: {directory}")
     return directory
+
+
+def _build_component(comp: Component, directory: Path, manifest: dict[str, Any], go_version: str,
+                     log: Log) -> None:
+    build_root = directory / ".build"
+    build_root.mkdir(exist_ok=True)
+    start = time.monotonic()
+    log(f"==> {comp.name} {comp.module}@{comp.version} into {directory}")
+    workdir = build_root / comp.name
+    workdir.mkdir(exist_ok=True)
+    (workdir / "go.mod").write_text(_wrapper_gomod(comp, build_root))
+    with tempfile.TemporaryDirectory(dir=build_root, prefix=f"out-{comp.name}-") as tmp:
+        _run_build(comp, workdir, Path(tmp), build_root / f"{comp.name}.log", log)
+        for name in comp.binaries:
+            _version_check(Path(tmp) / name, comp.version)
+            os.replace(Path(tmp) / name, directory / name)  # atomic: no half-written binary
+    _copy_assets(comp, directory, build_root)
+    seconds = round(time.monotonic() - start, 1)
+    manifest.setdefault("components", {})[comp.name] = {
+        "module": comp.module,
+        "version": comp.version,
+        "binaries": list(comp.binaries),
+        "go": go_version,
+        "build_seconds": seconds,
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    log(f"    built {', '.join(comp.binaries)} in {seconds:.0f}s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -403,11 +535,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "status":
         directory = bin_dir()
-        absent = set(missing(directory))
+        absent = set(missing())
         for comp in COMPONENTS:
             for name in comp.binaries:
                 state = "missing" if name in absent else "built"
-                print(f"{name:24} {comp.module + '@' + comp.version:38} {state}")
+                print(f"{name:24} {comp.module + '@' + comp.version:44} {state}  {component_dir(comp)}")
         print(f"directory: {directory}")
         return 1 if absent else 0
     try:
