@@ -15,6 +15,7 @@ COMMANDS = {
     "ipam": ("ipam.cli", "cluster IPAM: audit the IPPools (duplicates, leaks), run the IPAM controller"),
     "topo": ("netmanager.topology.cli", "show this node's GPU/NIC/PCIe/NUMA topology"),
     "simulate": ("scheduler.simulate", "replay a cluster trace through the scheduler"),
+    "scheduler": ("scheduler.live.loop", "schedule pods (schedulerName railnet) on the API server: GPUs + RDMA NICs, gangs"),
     "dev-cluster": ("railnet.dev.devcluster", "run a local Kubernetes control plane (up|down|status)"),
 }
 

@@ -59,6 +59,16 @@ class ClusterView:
         node.nic_free &= ~nics
         self.reserved.append(alloc)
 
+    def block(self, index: int) -> None:
+        """Make a node unusable in this view only (a pod's taints, selector or affinity exclude it).
+
+        It shows nothing free, so every fit check fails; ``commit`` never writes it back."""
+        live = self.node(index)
+        self._overlay[index] = replace(
+            live, cpu_free=-1, memory_free=-1, gpu_free_milli=[0] * len(live.gpu_free_milli), whole_free=0,
+            nic_free=0,
+        )
+
     def touched(self) -> Iterable[int]:
         return self._overlay.keys()
 

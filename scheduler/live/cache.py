@@ -1,0 +1,364 @@
+"""The scheduler cache: watched nodes, NodeTopologies, pods and PodGroups -> the core's ``Cluster``.
+
+Every pod that holds resources is in the cluster's ledger (``Cluster.allocations``, keyed by
+"namespace/name"): pods railnet bound keep the devices their ``railnet.io/allocation`` annotation
+names; pods bound by anyone else (kube-scheduler, static pods) take the right number of devices,
+the highest free indices, since nothing says which ones. A decision is *assumed* (applied to the
+ledger) before its bind is sent, so the next decision already sees it; a failed bind is
+``forget``-ed. Node changes that alter what the core sees (allocatable, labels, taints, topology)
+mark the cluster dirty and it is rebuilt from the stores before the next cycle; kwok's and
+kubelet's status heartbeats do not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from types import SimpleNamespace
+from typing import Any
+
+from scheduler.domains import DEFAULT_DOMAIN_KEYS
+from scheduler.live import objects
+from scheduler.live.allocation import PodAllocation
+from scheduler.model import Allocation, Cluster, ModelError, Node, PodSpec, new_node
+from scheduler.topology import CompactTopology, from_node_topology, uniform
+
+JSON = dict[str, Any]
+log = logging.getLogger("railnet.scheduler.cache")
+
+
+@dataclass
+class PodState:
+    """What the scheduler keeps of one pod."""
+
+    key: str
+    namespace: str
+    name: str
+    uid: str
+    rv: int
+    node: str | None
+    ours: bool  # spec.schedulerName is ours
+    res: objects.Resources
+    spec: PodSpec
+    constraints: objects.Constraints
+    gang: objects.GangRef | None
+    annotation: str | None
+    created: str
+    priority: int
+
+    @classmethod
+    def of(cls, obj: Mapping[str, Any], scheduler_name: str, gpu: str, rdma: Sequence[str]) -> PodState:
+        meta, spec = obj["metadata"], obj.get("spec", {})
+        key = objects.pod_key(obj)
+        res = objects.pod_resources(obj, gpu, rdma)
+        return cls(
+            key=key, namespace=meta["namespace"], name=meta["name"], uid=meta.get("uid", ""),
+            rv=_rv(meta), node=spec.get("nodeName") or None,
+            ours=spec.get("schedulerName") == scheduler_name, res=res, spec=objects.pod_spec(key, res),
+            constraints=objects.constraints_of(obj), gang=objects.gang_of(obj),
+            annotation=(meta.get("annotations") or {}).get(objects.ALLOCATION_ANNOTATION),
+            created=meta.get("creationTimestamp", ""), priority=int(spec.get("priority") or 0),
+        )
+
+
+def _rv(meta: Mapping[str, Any]) -> int:
+    try:
+        return int(meta.get("resourceVersion") or 0)
+    except ValueError:  # opaque on non-etcd storage: never treat an event as stale
+        return 1 << 62
+
+
+class SchedulerCache:
+    def __init__(self, scheduler_name: str = "railnet", gpu_resource: str = objects.GPU_RESOURCE,
+                 rdma_resources: Sequence[str] = objects.RDMA_RESOURCES,
+                 domain_keys: tuple[str, ...] = DEFAULT_DOMAIN_KEYS) -> None:
+        self.scheduler_name, self.gpu, self.rdma, self.domain_keys = (
+            scheduler_name, gpu_resource, tuple(rdma_resources), domain_keys)
+        self.lock = threading.RLock()
+        self.changed = threading.Condition(self.lock)
+        self.generation = 0  # bumped on every change the loop may care about
+        self.freed = 0  # bumped whenever resources are released (unschedulable pods may fit now)
+        self.nodes: dict[str, JSON] = {}
+        self._node_sig: dict[str, str] = {}
+        self.topologies: dict[str, JSON] = {}
+        self.pods: dict[str, PodState] = {}
+        self.podgroups: dict[str, JSON] = {}
+        self.cluster = Cluster([], domain_keys)
+        self.dirty = True
+        self.assumed: dict[str, tuple[str, Allocation]] = {}  # pod -> (node name, allocation)
+        self.foreign: set[str] = set()  # ledger entries whose devices are a guess
+        self.backoff: dict[str, float] = {}  # pod -> monotonic time before which it is not retried
+        self._excluded: dict[tuple[str, str, str], tuple[list[int], dict[str, int]]] = {}
+
+    # -- events (reflector threads) ------------------------------------------------------------------
+    def _bump(self, freed: bool = False) -> None:
+        self.generation += 1
+        self.freed += freed
+        self.changed.notify_all()
+
+    def replace_nodes(self, items: list[JSON]) -> None:
+        with self.lock:
+            for name in set(self.nodes) - {n["metadata"]["name"] for n in items}:
+                self.on_node("DELETED", {"metadata": {"name": name}})
+            for item in items:
+                self.on_node("ADDED", item)
+
+    def on_node(self, kind: str, obj: JSON) -> None:
+        name = obj["metadata"]["name"]
+        with self.lock:
+            if kind == "DELETED":
+                if self.nodes.pop(name, None) is not None:
+                    self._node_sig.pop(name, None)
+                    self.dirty = True
+                    self._bump()
+                return
+            trimmed = {
+                "metadata": {"name": name, "labels": obj["metadata"].get("labels") or {}},
+                "spec": {k: v for k, v in (obj.get("spec") or {}).items() if k in ("taints", "unschedulable")},
+                "status": {"allocatable": (obj.get("status") or {}).get("allocatable") or {}},
+            }
+            sig = json.dumps(trimmed, sort_keys=True)
+            if self._node_sig.get(name) != sig:
+                self._node_sig[name] = sig
+                self.nodes[name] = trimmed
+                self.dirty = True
+                self._bump(freed=True)
+
+    def replace_topologies(self, items: list[JSON]) -> None:
+        with self.lock:
+            for name in set(self.topologies) - {t["metadata"]["name"] for t in items}:
+                self.on_topology("DELETED", {"metadata": {"name": name}})
+            for item in items:
+                self.on_topology("ADDED", item)
+
+    def on_topology(self, kind: str, obj: JSON) -> None:
+        name = obj["metadata"]["name"]
+        with self.lock:
+            if kind == "DELETED":
+                if self.topologies.pop(name, None) is not None:
+                    self.dirty = True
+                    self._bump()
+                return
+            spec = obj.get("spec") or {}
+            if self.topologies.get(name) != spec:
+                self.topologies[name] = spec
+                self.dirty = True
+                self._bump()
+
+    def replace_podgroups(self, items: list[JSON]) -> None:
+        with self.lock:
+            self.podgroups = {f"{i['metadata']['namespace']}/{i['metadata']['name']}": i for i in items}
+            self._bump()
+
+    def on_podgroup(self, kind: str, obj: JSON) -> None:
+        key = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
+        with self.lock:
+            if kind == "DELETED":
+                self.podgroups.pop(key, None)
+            else:
+                self.podgroups[key] = obj
+            self._bump()
+
+    def replace_pods(self, items: list[JSON]) -> None:
+        with self.lock:
+            for key in set(self.pods) - {objects.pod_key(p) for p in items}:
+                self._remove_pod(key)
+            for item in items:
+                self.on_pod("ADDED", item)
+            self._bump()
+
+    def on_pod(self, kind: str, obj: JSON) -> None:
+        key = objects.pod_key(obj)
+        with self.lock:
+            old = self.pods.get(key)
+            if kind == "DELETED" or objects.is_terminal(obj):
+                if old is None or old.uid == obj["metadata"].get("uid", old.uid):
+                    self._remove_pod(key)
+                    self._bump(freed=True)
+                return
+            state = PodState.of(obj, self.scheduler_name, self.gpu, self.rdma)
+            if old is not None:
+                if old.uid == state.uid and state.rv <= old.rv:
+                    return  # stale: an older event after a newer list
+                if old.uid != state.uid:
+                    self._remove_pod(key)
+            self.pods[key] = state
+            if state.node:
+                self._account(state)
+            self._bump()
+
+    def _remove_pod(self, key: str) -> None:
+        self.pods.pop(key, None)
+        self.assumed.pop(key, None)
+        self.foreign.discard(key)
+        self.backoff.pop(key, None)
+        if key in self.cluster.allocations:
+            self.cluster.release(key)
+
+    # -- the ledger ------------------------------------------------------------------------------------
+    def _account(self, pod: PodState) -> None:
+        """Make the ledger hold ``pod`` on its bound node (confirming an assumption when it matches)."""
+        if self.dirty:
+            self.assumed.pop(pod.key, None)
+            return  # the rebuild accounts for every bound pod
+        node = self.cluster.by_name.get(pod.node or "")
+        current = self.cluster.allocations.get(pod.key)
+        if current is not None and node is not None and current.node == node.index:
+            self.assumed.pop(pod.key, None)
+            return
+        if current is not None:
+            self.cluster.release(pod.key)
+        self.assumed.pop(pod.key, None)
+        if node is not None:
+            self._apply_bound(pod, node)
+
+    def _apply_bound(self, pod: PodState, node: Node) -> None:
+        alloc = self._from_annotation(pod, node)
+        if alloc is not None:
+            try:
+                self.cluster.apply(alloc)
+                self.foreign.discard(pod.key)
+                return
+            except ModelError:
+                if self._rehome(node, alloc):
+                    return
+        self._apply_foreign(pod, node)
+
+    def _from_annotation(self, pod: PodState, node: Node) -> Allocation | None:
+        if not pod.annotation:
+            return None
+        try:
+            ann = PodAllocation.from_annotation(pod.annotation)
+        except ValueError:
+            log.warning("bad allocation annotation", extra={"pod": pod.key})
+            return None
+        if ann.node != node.name:
+            return None
+        rails = tuple((r.gpu, r.nic) for r in ann.rails)
+        return Allocation(pod.key, node.index, pod.res.cpu_milli, pod.res.memory_mib,
+                          tuple(g.index for g in ann.gpus), 1000 if ann.gpus else 0,
+                          tuple(n.index for n in ann.nics), rails, ann.group or "")
+
+    def _rehome(self, node: Node, alloc: Allocation) -> bool:
+        """Known devices win over guessed ones: move this node's guessed pods off ``alloc``'s devices."""
+        guessed = [k for k in self.foreign if k in self.cluster.allocations
+                   and self.cluster.allocations[k].node == node.index]
+        for key in guessed:
+            self.cluster.release(key)
+        try:
+            self.cluster.apply(alloc)
+            ok = True
+            self.foreign.discard(alloc.pod)
+        except ModelError:
+            ok = False
+        for key in guessed:
+            self._apply_foreign(self.pods[key], node)
+        return ok
+
+    def _apply_foreign(self, pod: PodState, node: Node) -> None:
+        gpus = _highest(node.whole_free, pod.res.gpus)
+        nics = _highest(node.nic_free, pod.res.rdma)
+        cpu = min(pod.res.cpu_milli, max(node.cpu_free, 0))
+        mem = min(pod.res.memory_mib, max(node.memory_free, 0))
+        if len(gpus) < pod.res.gpus or len(nics) < pod.res.rdma or cpu < pod.res.cpu_milli:
+            log.warning("node overcommitted", extra={"pod": pod.key, "node": node.name})
+        self.cluster.apply(Allocation(pod.key, node.index, cpu, mem, gpus, 1000 if gpus else 0, nics))
+        self.foreign.add(pod.key)
+
+    def rebuild(self) -> None:
+        """A new ``Cluster`` from the stores; re-applies bound pods (known devices first) and assumptions."""
+        names = sorted(self.nodes)
+        self.cluster = Cluster([self._node(i, n) for i, n in enumerate(names)], self.domain_keys)
+        self._excluded.clear()
+        self.foreign.clear()
+        bound = [p for p in self.pods.values() if p.node and p.key not in self.assumed]
+        bound.sort(key=lambda p: p.annotation is None)
+        for pod in bound:
+            node = self.cluster.by_name.get(pod.node or "")
+            if node is not None:
+                self._apply_bound(pod, node)
+        for key, (name, alloc) in list(self.assumed.items()):
+            node = self.cluster.by_name.get(name)
+            try:
+                if node is None:
+                    raise ModelError(f"node {name} is gone")
+                self.cluster.apply(replace(alloc, node=node.index))
+                self.assumed[key] = (name, replace(alloc, node=node.index))
+            except ModelError:  # the bind in flight will fail or be seen; keep the count honest
+                self.assumed.pop(key)
+                if node is not None:
+                    self._apply_foreign(self.pods[key], node)
+        self.dirty = False
+
+    def _node(self, index: int, name: str) -> Node:
+        obj = self.nodes[name]
+        res = objects.node_resources(obj, self.gpu, self.rdma)
+        topo, model = self.topology(name, res)
+        return new_node(index, name, res.cpu_milli, res.memory_mib, model, topology=topo,
+                        labels=obj["metadata"]["labels"])
+
+    def topology(self, name: str, res: objects.Resources) -> tuple[CompactTopology, str]:
+        """The node's NodeTopology when it agrees with what the node advertises; else counts only."""
+        spec = self.topologies.get(name)
+        if spec:
+            gpus, nics = spec.get("gpus") or [], spec.get("nics") or []
+            if len(gpus) == res.gpus and len(nics) == res.rdma and res.gpus:
+                view = SimpleNamespace(gpus=gpus, nics=nics, gpu_gpu=spec["gpuGpu"], gpu_nic=spec["gpuNic"])
+                try:
+                    return from_node_topology(view), str(gpus[0].get("model") or "")
+                except (ValueError, KeyError) as exc:
+                    log.warning("bad NodeTopology", extra={"node": name, "error": str(exc)})
+            else:
+                log.warning("NodeTopology does not match allocatable; scheduling by counts",
+                            extra={"node": name, "gpus": len(gpus), "nics": len(nics)})
+        return uniform(res.gpus, res.rdma), ""
+
+    # -- the scheduling loop's side -------------------------------------------------------------------
+    def pending(self, now: float) -> list[PodState]:
+        """Our unbound pods that hold nothing yet and are not backing off."""
+        return [p for p in self.pods.values()
+                if p.ours and not p.node and p.key not in self.cluster.allocations
+                and self.backoff.get(p.key, 0.0) <= now]
+
+    def excluded(self, constraints: objects.Constraints) -> tuple[list[int], dict[str, int]]:
+        """Node indices these constraints rule out, and how many per reason (cached until a rebuild)."""
+        found = self._excluded.get(constraints.signature)
+        if found is None:
+            out: list[int] = []
+            reasons: dict[str, int] = {}
+            for node in self.cluster.nodes:
+                why = objects.node_allows(constraints, self.nodes[node.name])
+                if why:
+                    out.append(node.index)
+                    reasons[why] = reasons.get(why, 0) + 1
+            found = self._excluded[constraints.signature] = (out, reasons)
+        return found
+
+    def assume(self, allocations: Iterable[Allocation]) -> None:
+        """Hold the decided devices before the bind is sent (the allocations are already applied)."""
+        for alloc in allocations:
+            self.assumed[alloc.pod] = (self.cluster.nodes[alloc.node].name, alloc)
+            self.backoff.pop(alloc.pod, None)
+
+    def forget(self, key: str, retry_after: float = 1.0) -> None:
+        """A bind failed: give the devices back and retry the pod later (if it still waits)."""
+        with self.lock:
+            if key in self.assumed:
+                self.assumed.pop(key)
+                if key in self.cluster.allocations:
+                    self.cluster.release(key)
+            self.backoff[key] = time.monotonic() + retry_after
+            self._bump(freed=True)
+
+
+def _highest(mask: int, count: int) -> tuple[int, ...]:
+    out: list[int] = []
+    while mask and len(out) < count:
+        top = mask.bit_length() - 1
+        out.append(top)
+        mask &= ~(1 << top)
+    return tuple(sorted(out))

@@ -1,0 +1,266 @@
+"""`railnet scheduler`: caches -> decide (the pure core) -> act, under a Lease.
+
+One cycle, under the cache lock: rebuild the ``Cluster`` if nodes changed, turn pending pods into
+units (single pods and gangs, ``gangs.collect``), and for each unit plan in a ``ClusterView`` in
+which the nodes its taints/selector/affinity rule out are blocked. A plan is committed to the
+ledger and assumed at once, so the next unit sees it; then its binds go to the binder's pool. A
+unit that does not fit gets an event saying why and a back-off; a gang past its timeout gets a
+``GangTimeout`` event (it never holds devices while waiting: plans are all or nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from scheduler.gang import plan_gang
+from scheduler.live import allocation, explain, gangs, logs
+from scheduler.live.binder import Binder, Decision, Events
+from scheduler.live.cache import SchedulerCache
+from scheduler.live.kubeapi import KubeApi, endpoint_from_config
+from scheduler.live.leader import LeaderElector
+from scheduler.live.metrics import Metrics
+from scheduler.live.reflector import Reflector
+from scheduler.view import ClusterView
+
+log = logging.getLogger("railnet.scheduler")
+PODGROUPS = "/apis/scheduling.x-k8s.io/v1alpha1/podgroups"
+TOPOLOGIES = "/apis/railnet.io/v1alpha1/nodetopologies"
+MAX_UNITS_PER_CYCLE = 2000  # let watch events in between long backlogs
+
+
+class Scheduler:
+    def __init__(self, api: KubeApi, cache: SchedulerCache, metrics: Metrics, is_leader: Callable[[], bool],
+                 bind_workers: int = 16, dry_run: bool = False) -> None:
+        self.api, self.cache, self.metrics, self.is_leader, self.dry_run = api, cache, metrics, is_leader, dry_run
+        self.binder = Binder(api, cache, metrics, Events(api, _pool(4), cache.scheduler_name), is_leader,
+                             bind_workers)
+        self.events = self.binder.events
+        self.stop = threading.Event()
+        self.reflectors: list[Reflector] = []
+        self._gang_first_fail: dict[str, float] = {}
+        self._unit_fail: dict[str, tuple[int, float]] = {}  # unit -> (cache.freed at failure, retry at)
+
+    # -- caches ------------------------------------------------------------------------------------------
+    def start_caches(self) -> None:
+        c = self.cache
+        specs = [
+            ("nodes", "/api/v1/nodes", c.replace_nodes, c.on_node),
+            ("pods", "/api/v1/pods?fieldSelector=status.phase%21%3DSucceeded%2Cstatus.phase%21%3DFailed",
+             c.replace_pods, c.on_pod),
+            ("nodetopologies", TOPOLOGIES, c.replace_topologies, c.on_topology),
+            ("podgroups", PODGROUPS, c.replace_podgroups, c.on_podgroup),
+        ]
+        for name, path, replace, on_event in specs:
+            reflector = Reflector(self.api, path, replace, on_event, self.stop, name=name)
+            reflector.start()
+            self.reflectors.append(reflector)
+
+    def wait_synced(self, timeout: float = 60.0) -> bool:
+        deadline = time.monotonic() + timeout
+        return all(r.synced.wait(max(deadline - time.monotonic(), 0)) for r in self.reflectors)
+
+    def resync_pods(self) -> None:
+        """A fresh quorum list of pods before the first decision as leader: binds the previous leader
+        made but this replica has not seen yet are in the ledger before anything is planned."""
+        for reflector in self.reflectors:
+            if reflector.name == "reflector-pods":
+                reflector.relist()
+
+    # -- one cycle -----------------------------------------------------------------------------------------
+    def cycle(self) -> list[Decision]:
+        decisions: list[Decision] = []
+        cache = self.cache
+        now = time.monotonic()
+        with cache.lock:
+            if cache.dirty:
+                cache.rebuild()
+            holding = set(cache.cluster.allocations)
+            units = gangs.collect(cache.pending(now), cache.pods, cache.podgroups, holding)
+            self.metrics.set("pending", sum(len(u.pods) for u in units))
+            done = 0
+            for unit in units:
+                if done >= MAX_UNITS_PER_CYCLE:
+                    break
+                failed = self._unit_fail.get(unit.key)
+                if failed and failed[0] == cache.freed and failed[1] > now:
+                    continue
+                done += 1
+                decisions += self._schedule(unit, now)
+        if not self.dry_run:
+            for decision in decisions:
+                self.binder.submit(decision)
+        return decisions
+
+    def _schedule(self, unit: gangs.Unit, now: float) -> list[Decision]:
+        cache = self.cache
+        if unit.problem:
+            self._fail(unit, "FailedScheduling", unit.problem, now)
+            return []
+        t0 = time.monotonic()
+        gang = unit.core_gang()
+        view = ClusterView(cache.cluster)
+        blocked: set[int] = set()
+        reasons: dict[str, int] = {}
+        for pod in unit.pods:
+            excluded, why = cache.excluded(pod.constraints)
+            blocked.update(excluded)
+            for k, v in why.items():
+                reasons[k] = max(reasons.get(k, 0), v)
+        for index in blocked:
+            view.block(index)
+        plan = plan_gang(view, gang)
+        self.metrics.observe("decision", time.monotonic() - t0)
+        if plan is None:
+            rdma = cache.rdma[0] if cache.rdma else "rdma"
+            if unit.gang:
+                message = explain.gang_reason(view, gang, sorted(blocked), reasons, cache.gpu, rdma)
+            else:
+                message = explain.pod_reason(view, gang.members[0], sorted(blocked), reasons, cache.gpu, rdma)
+            self.metrics.inc("unschedulable", kind="gang" if unit.gang else "pod")
+            self._fail(unit, "FailedScheduling", message, now)
+            if unit.gang:
+                first = self._gang_first_fail.setdefault(unit.key, now)
+                if now - first >= unit.timeout_s:
+                    self._gang_first_fail[unit.key] = now
+                    self._fail(unit, "GangTimeout", f"{message}; gave up after {unit.timeout_s:.0f}s, "
+                               "holding no devices, retrying", now)
+            return []
+        view.commit()
+        cache.assume(plan.allocations)
+        self._unit_fail.pop(unit.key, None)
+        self._gang_first_fail.pop(unit.key, None)
+        by_key = {p.key: p for p in unit.pods}
+        out: list[Decision] = []
+        for alloc in plan.allocations:
+            node = cache.cluster.nodes[alloc.node].name
+            ann = allocation.build(alloc, node, cache.topologies.get(node) if cache.cluster.nodes[alloc.node]
+                                   .topology.n_gpus and node in cache.topologies else None, unit.gang)
+            out.append(Decision(by_key[alloc.pod], node, ann.to_annotation(), time.monotonic()))
+        return out
+
+    def _fail(self, unit: gangs.Unit, reason: str, message: str, now: float) -> None:
+        previous = self._unit_fail.get(unit.key)
+        delay = 1.0 if previous is None else min(max(previous[1] - now, 0) * 2 + 1, 10.0)
+        self._unit_fail[unit.key] = (self.cache.freed, now + delay)
+        log.info("unschedulable", extra={"unit": unit.key, "reason": reason, "why": message})
+        if self.dry_run:
+            return
+        for pod in unit.pods:
+            self.events.pod(pod, reason, message)
+        if unit.gang and unit.pods[0].gang and unit.pods[0].gang.kind == "PodGroup":
+            group = self.cache.podgroups.get(unit.key)
+            if group is not None:
+                meta = group["metadata"]
+                self.events.on_object(meta["namespace"], "scheduling.x-k8s.io/v1alpha1", "PodGroup", meta["name"],
+                                   meta.get("uid", ""), reason, message)
+
+    # -- run ----------------------------------------------------------------------------------------------
+    def _ready(self, seen: int) -> bool:
+        return self.cache.generation != seen or self.stop.is_set()
+
+    def run(self) -> None:
+        seen = -1
+        while not self.stop.is_set():
+            with self.cache.lock:
+                self.cache.changed.wait_for(functools.partial(self._ready, seen), timeout=1.0)
+                seen = self.cache.generation
+            if self.stop.is_set():
+                return
+            if self.is_leader():
+                try:
+                    self.cycle()
+                except Exception:
+                    log.exception("scheduling cycle failed")
+                    time.sleep(1.0)
+
+
+def _pool(workers: int) -> Any:
+    import concurrent.futures
+
+    return concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="events")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="railnet scheduler", description="schedule pods whose schedulerName is "
+                                "railnet: joint GPU + RDMA NIC placement, gangs, leader election")
+    p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"),
+                   help="kubeconfig file (default: $KUBECONFIG, else the in-cluster service account)")
+    p.add_argument("--scheduler-name", default="railnet")
+    p.add_argument("--identity", default=f"{socket.gethostname()}-{os.getpid()}")
+    p.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--lease-namespace", default="kube-system")
+    p.add_argument("--lease-name", default="railnet-scheduler")
+    p.add_argument("--lease-duration", type=float, default=15.0)
+    p.add_argument("--renew-deadline", type=float, default=10.0)
+    p.add_argument("--retry-period", type=float, default=2.0)
+    p.add_argument("--gpu-resource", default="nvidia.com/gpu")
+    p.add_argument("--rdma-resource", action="append", help="RDMA extended resource (repeatable; default rdma/roce)")
+    p.add_argument("--domain-keys", default="railnet.io/leaf,railnet.io/spine,railnet.io/zone",
+                   help="node label keys of the network domains, narrowest first")
+    p.add_argument("--bind-workers", type=int, default=16)
+    p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics here (0: off)")
+    p.add_argument("--dry-run", action="store_true", help="print what would be bound (JSON lines) and exit")
+    p.add_argument("--log-level", default="info")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logs.setup(args.log_level)
+    api = KubeApi(endpoint_from_config(args.kubeconfig))
+    cache = SchedulerCache(args.scheduler_name, args.gpu_resource, args.rdma_resource or ["rdma/roce"],
+                           tuple(k for k in args.domain_keys.split(",") if k))
+    metrics = Metrics()
+    if args.metrics_port:
+        metrics.serve(args.metrics_port)
+    elector = LeaderElector(api, args.lease_namespace, args.lease_name, args.identity, args.lease_duration,
+                            args.renew_deadline, args.retry_period)
+    leading = elector.is_leader if args.leader_elect and not args.dry_run else (lambda: True)
+    sched = Scheduler(api, cache, metrics, leading, args.bind_workers, dry_run=args.dry_run)
+    sched.start_caches()
+    if not sched.wait_synced():
+        log.error("caches did not sync")
+        return 1
+    if args.dry_run:
+        for d in sched.cycle():
+            print(json.dumps({"pod": d.pod.key, "node": d.node, "allocation": json.loads(d.annotation)}))
+        return 0
+    signal.signal(signal.SIGTERM, lambda *_: sched.stop.set())
+    if args.leader_elect:
+        def started() -> None:
+            sched.resync_pods()
+            metrics.set("leader", 1)
+            with cache.lock:
+                cache.generation += 1
+                cache.changed.notify_all()
+
+        def stopped() -> None:  # like kube-scheduler: a replica that lost the lease exits and restarts
+            metrics.set("leader", 0)
+            sched.stop.set()
+
+        threading.Thread(target=elector.run, args=(sched.stop, started, stopped), daemon=True,
+                         name="leader").start()
+    log.info("scheduler started", extra={"identity": args.identity, "scheduler_name": args.scheduler_name})
+    try:
+        sched.run()
+    except KeyboardInterrupt:
+        sched.stop.set()
+    sched.binder.pool.shutdown(wait=True)
+    if args.leader_elect and elector.is_leader():
+        elector.release()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
