@@ -28,6 +28,15 @@ def topology_object(topology: NodeTopology, node_uid: str | None = None) -> dict
             "spec": topology.model_dump(by_alias=True, mode="json")}
 
 
+def _normal(value: Any) -> Any:
+    """The JSON the server keeps: string map keys, no nulls (the schema prunes them)."""
+    if isinstance(value, dict):
+        return {str(k): _normal(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_normal(v) for v in value]
+    return value
+
+
 def publish(custom: Any, topology: NodeTopology, node_uid: str | None = None, attempts: int = 5) -> str:
     """Create or update the NodeTopology; returns "created", "updated" or "unchanged".
 
@@ -48,7 +57,7 @@ def publish(custom: Any, topology: NodeTopology, node_uid: str | None = None, at
                 if create_exc.status == 409:
                     continue  # someone created it meanwhile: read it and update
                 raise
-        if current.get("spec") == body["spec"]:
+        if _normal(current.get("spec")) == _normal(body["spec"]):
             return "unchanged"
         body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
         try:
