@@ -20,6 +20,7 @@ from cni.ipam_calls import IpamCalls
 from cni.linux.netns import NetnsError
 from cni.linux.rtnl import RtnlError
 from cni.macvlan.plugin import MacvlanPlugin
+from cni.meta.plugin import MetaPlugin, PodSource
 from cni.spec.errors import INTERNAL, INVALID_CONFIG, IO_FAILURE, KERNEL_REFUSED, NETNS_FAILED, CniError
 from cni.spec.exec import PluginExec, exec_plugin
 from cni.spec.request import CniRequest
@@ -29,7 +30,7 @@ from ipam.plugin import IpamService
 log = logging.getLogger("railnet.cni")
 
 # The plugin names the agent serves; `railnet install-cni` installs the shim under exactly these.
-SERVED_PLUGINS = ("railnet-macvlan", "railnet-ipam")
+SERVED_PLUGINS = ("railnet", "railnet-macvlan", "railnet-ipam")
 
 
 class Plugin(Protocol):
@@ -49,15 +50,42 @@ def command_table(plugin: Plugin) -> dict[str, Command]:
             "STATUS": plugin.status}
 
 
+class InProcess:
+    """A PluginExec for the meta plugin's delegates: railnet's own attachment plugins run here, in
+    this agent (no exec, and no second request to the agent, which would wait on the container lock
+    the meta plugin holds); every other type is exec'd from CNI_PATH."""
+
+    def __init__(self, tables: dict[str, dict[str, Command]], fallback: PluginExec = exec_plugin) -> None:
+        self.tables = tables
+        self.fallback = fallback
+
+    def __call__(self, plugin_type: str, command: str, config: dict[str, Any],
+                 env: dict[str, str]) -> dict[str, Any] | None:
+        if plugin_type == "railnet":
+            raise CniError(INVALID_CONFIG, "a network delegated by the railnet meta plugin is itself 'railnet'",
+                           "a NetworkAttachmentDefinition names an attachment plugin, e.g. railnet-macvlan")
+        table = self.tables.get(plugin_type)
+        if table is None:
+            return self.fallback(plugin_type, command, config, env)
+        req = CniRequest.parse({**env, "CNI_COMMAND": command}, json.dumps(config))
+        result = table[command](req)
+        if command == "ADD":
+            assert isinstance(result, dict)
+            return convert_result(result, req.cni_version)
+        return None
+
+
 class Dispatcher:
     def __init__(self, ipam: IpamService, attachments: AttachmentStore, sysfs: Path,
-                 run: PluginExec = exec_plugin) -> None:
+                 run: PluginExec = exec_plugin, pods: PodSource | None = None) -> None:
         plugins: dict[str, Plugin] = {
             "railnet-macvlan": MacvlanPlugin(attachments, IpamCalls(ipam, run), sysfs),
             "railnet-ipam": ipam,  # exec'd by another plugin: answers with the IPAM result
         }
-        assert tuple(plugins) == SERVED_PLUGINS
         self.tables = {name: command_table(p) for name, p in plugins.items()}
+        meta = MetaPlugin(attachments, pods, InProcess(dict(self.tables), run))
+        self.tables = {"railnet": command_table(meta), **self.tables}
+        assert tuple(self.tables) == SERVED_PLUGINS
 
     def handle(self, plugin_name: str, env: dict[str, str], stdin: str) -> tuple[int, str]:
         version = LATEST

@@ -1,0 +1,76 @@
+"""The meta plugin's view of the cluster through the API server: pods, NADs, network-status.
+
+Reads are direct GETs with short timeouts (the agent's watch caches, planned, will answer first and
+fall back to these on a miss). Failures that a retry may cure become error 11 (try again later).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
+from cni.meta.plugin import Pod
+from cni.meta.status import NETWORK_STATUS_ANNOTATION
+from cni.spec.errors import INVALID_CONFIG, TRY_AGAIN_LATER, CniError
+
+k8s: Any = kubernetes  # the client's own types are partial
+TIMEOUT = (3.0, 10.0)
+NAD = ("k8s.cni.cncf.io", "v1", "network-attachment-definitions")
+
+
+def _failure(exc: BaseException, what: str) -> CniError:
+    status = int(getattr(exc, "status", 0) or 0)
+    if isinstance(exc, ApiException) and status and status < 500 and status != 429:
+        return CniError(INVALID_CONFIG, f"{what}: the API server refused ({status} {exc.reason})")
+    return CniError(TRY_AGAIN_LATER, f"{what}: the API server did not answer", f"{type(exc).__name__}: {exc}")
+
+
+class KubePods:
+    def __init__(self, kubeconfig: Path) -> None:
+        self.client = k8s.config.new_client_from_config(config_file=str(kubeconfig))
+        self.client.configuration.retries = 0
+        self.core = k8s.client.CoreV1Api(self.client)
+        self.custom = k8s.client.CustomObjectsApi(self.client)
+
+    def pod(self, namespace: str, name: str) -> Pod | None:
+        try:
+            obj = self.core.read_namespaced_pod(name, namespace, _request_timeout=TIMEOUT)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise _failure(exc, f"get pod {namespace}/{name}") from None
+        except (HTTPError, OSError) as exc:
+            raise _failure(exc, f"get pod {namespace}/{name}") from None
+        meta = obj.metadata
+        return Pod(namespace, name, str(meta.uid), dict(meta.annotations or {}))
+
+    def nad(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            obj = self.custom.get_namespaced_custom_object(*NAD[:2], namespace, NAD[2], name, _request_timeout=TIMEOUT)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise _failure(exc, f"get NetworkAttachmentDefinition {namespace}/{name}") from None
+        except (HTTPError, OSError) as exc:
+            raise _failure(exc, f"get NetworkAttachmentDefinition {namespace}/{name}") from None
+        spec = obj.get("spec") if isinstance(obj, dict) else None
+        return dict(spec) if isinstance(spec, dict) else {}
+
+    def set_network_status(self, pod: Pod, value: str) -> None:
+        """A merge patch of one annotation; the UID in the body makes it apply to this pod only."""
+        body = {"metadata": {"uid": pod.uid, "annotations": {NETWORK_STATUS_ANNOTATION: value}}}
+        for attempt in range(3):
+            try:
+                self.core.patch_namespaced_pod(pod.name, pod.namespace, body, _request_timeout=TIMEOUT)
+                return
+            except (ApiException, HTTPError, OSError) as exc:
+                error = _failure(exc, f"patch pod {pod.namespace}/{pod.name}")
+                if error.code != TRY_AGAIN_LATER and getattr(exc, "status", 0) != 409:
+                    raise error from None
+                time.sleep(0.1 * (attempt + 1))
+        raise error

@@ -1,0 +1,255 @@
+"""`railnet`, the meta plugin: the pod's primary network first (the cluster's own CNI, e.g. Calico;
+a conflist from the node's CNI conf dir), then each secondary network the pod selects, in parallel.
+
+ADD: read the pod (by namespace/name, checked by UID) -> parse its selections -> resolve each to a
+conflist (NAD) -> record the plan -> primary ADD -> secondaries ADD, one thread each -> record the
+results -> write network-status back. Any failure deletes everything added so far, primary
+included, and the error names the network and its delegate. DEL runs the recorded plan in reverse
+with the recorded results, so it works when the pod, the NAD or the API server is gone. railnet's
+own plugins run in-process (no exec, no second trip through the agent); others are exec'd.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import ConfigDict, Field, ValidationError
+
+from cni.attachments import AttachmentStore
+from cni.meta.nad import from_conf_dir, from_nad
+from cni.meta.selection import (
+    DEFAULT_NETWORK_ANNOTATION,
+    NETWORKS_ANNOTATION,
+    NetworkSelection,
+    parse_selections,
+)
+from cni.meta.status import NETWORK_STATUS_ANNOTATION, encode, status_entry
+from cni.spec import conflist
+from cni.spec.errors import INTERFACE_EXISTS, INVALID_CONFIG, TRY_AGAIN_LATER, UNKNOWN_CONTAINER, CniError
+from cni.spec.exec import PluginExec
+from cni.spec.model import WireModel
+from cni.spec.request import CniRequest
+from cni.spec.rollback import Rollback
+from cni.spec.versions import canonical_result
+from ipam.config import validation_error
+from ipam.plugin import valid_attachments
+
+log = logging.getLogger("railnet.meta")
+
+
+class MetaConf(WireModel):
+    model_config = ConfigDict(extra="allow")
+
+    cni_version: str
+    name: str
+    type: str
+    cluster_network: str  # a network name in conf_dir (the primary, e.g. Calico's conflist)
+    default_networks: list[str] = Field(default_factory=list)  # attached to every pod, before its own
+    conf_dir: Path = Path("/etc/cni/net.d")
+    readiness_indicator_file: str | None = None
+    namespace_isolation: bool = False
+    global_namespaces: list[str] = Field(default_factory=list)
+    system_namespaces: list[str] = Field(default_factory=lambda: ["kube-system"])
+
+
+@dataclass(frozen=True)
+class Pod:
+    namespace: str
+    name: str
+    uid: str
+    annotations: dict[str, str]
+
+
+class PodSource(Protocol):
+    """What the meta plugin reads from (and writes to) the cluster; the agent's caches implement it."""
+
+    def pod(self, namespace: str, name: str) -> Pod | None: ...
+    def nad(self, namespace: str, name: str) -> dict[str, Any] | None: ...  # the NAD's spec, None if absent
+    def set_network_status(self, pod: Pod, value: str) -> None: ...
+
+
+@dataclass
+class Delegate:
+    network: str  # "ns/name" for NADs, the conf name for the primary
+    ifname: str
+    conflist: dict[str, Any]
+    default: bool
+
+
+def parse_conf(config: dict[str, Any]) -> MetaConf:
+    try:
+        return MetaConf.model_validate(config)
+    except ValidationError as exc:
+        raise validation_error("railnet meta plugin config", exc) from None
+
+
+def with_capabilities(plugins: dict[str, Any], runtime: dict[str, Any]) -> dict[str, Any]:
+    """libcni's rule: a plugin gets a capability argument only if it declares the capability."""
+    if not runtime:
+        return plugins
+    out = dict(plugins)
+    chain = []
+    for plugin in plugins["plugins"]:
+        caps = plugin.get("capabilities") or {}
+        wanted = {k: v for k, v in runtime.items() if caps.get(k)}
+        chain.append({**plugin, "runtimeConfig": {**plugin.get("runtimeConfig", {}), **wanted}} if wanted else plugin)
+    out["plugins"] = chain
+    return out
+
+
+class MetaPlugin:
+    def __init__(self, attachments: AttachmentStore, source: PodSource | None, run: PluginExec) -> None:
+        self.attachments = attachments
+        self.source = source
+        self.run = run
+
+    # ---- planning ---------------------------------------------------------------------------
+    def _pod(self, req: CniRequest) -> Pod | None:
+        namespace, name = req.args.get("K8S_POD_NAMESPACE", ""), req.args.get("K8S_POD_NAME", "")
+        if not namespace or not name:
+            return None  # not a Kubernetes pod: the primary network only
+        if self.source is None:
+            raise CniError(INVALID_CONFIG, "the railnet agent has no cluster access",
+                           "run the agent with --kubeconfig so the meta plugin can read pods and NADs")
+        pod = self.source.pod(namespace, name)
+        if pod is None:
+            raise CniError(UNKNOWN_CONTAINER, f"pod {namespace}/{name} does not exist")
+        uid = req.args.get("K8S_POD_UID", "")
+        if uid and pod.uid != uid:
+            raise CniError(UNKNOWN_CONTAINER, f"pod {namespace}/{name} is not the pod being set up",
+                           f"the sandbox is for pod UID {uid}, the API has UID {pod.uid} (re-created pod)")
+        return pod
+
+    def _nad(self, sel: NetworkSelection) -> dict[str, Any]:
+        assert self.source is not None and sel.namespace is not None
+        spec = self.source.nad(sel.namespace, sel.name)
+        if spec is None:
+            raise CniError(INVALID_CONFIG, f"network {sel.key} not found",
+                           f"no NetworkAttachmentDefinition {sel.name} in namespace {sel.namespace}")
+        return spec
+
+    def plan(self, req: CniRequest, conf: MetaConf, pod: Pod | None) -> list[Delegate]:
+        annotations = pod.annotations if pod else {}
+        primary_name = annotations.get(DEFAULT_NETWORK_ANNOTATION) or conf.cluster_network
+        plan = [Delegate(primary_name, req.ifname, from_conf_dir(primary_name, conf.conf_dir), True)]
+        if pod is None:
+            return plan
+        defaults = [] if pod.namespace in conf.system_namespaces else conf.default_networks
+        text = ", ".join([*defaults, annotations.get(NETWORKS_ANNOTATION, "")]).strip(", ")
+        for sel in parse_selections(text, pod.namespace, primary_ifname=req.ifname,
+                                    isolation=conf.namespace_isolation,
+                                    global_namespaces=tuple(conf.global_namespaces)):
+            assert sel.interface is not None
+            chain = from_nad(sel.namespace or pod.namespace, sel.name, self._nad(sel), conf.conf_dir)
+            if sel.cni_args:
+                chain = {**chain, "plugins": [{**p, "args": {"cni": sel.cni_args}} for p in chain["plugins"]]}
+            plan.append(Delegate(sel.key, sel.interface, with_capabilities(chain, sel.runtime_config()), False))
+        return plan
+
+    # ---- ADD ------------------------------------------------------------------------------------
+    def add(self, req: CniRequest) -> dict[str, Any]:
+        conf = parse_conf(req.config)
+        if conf.readiness_indicator_file and not os.path.exists(conf.readiness_indicator_file):
+            raise CniError(TRY_AGAIN_LATER, "the primary network is not ready",
+                           f"waiting for {conf.readiness_indicator_file}")
+        pod = self._pod(req)
+        plan = self.plan(req, conf, pod)
+        record = {"delegates": [{"network": d.network, "ifname": d.ifname, "conflist": d.conflist,
+                                 "default": d.default} for d in plan]}
+        if not self.attachments.begin(req.container_id, req.ifname, conf.name, req.netns, record):
+            raise CniError(INTERFACE_EXISTS, f"attachment {req.container_id}/{req.ifname} already exists",
+                           "DEL it before adding it again")
+        results: list[dict[str, Any] | None] = [None] * len(plan)
+        with Rollback(f"meta ADD {req.container_id}") as rollback:
+            rollback.push("record", lambda: self.attachments.drop(req.container_id, req.ifname))
+            rollback.push("delegates", lambda: self._delete(req, plan, results))
+            results[0] = self._add_one(req, plan[0])
+            if len(plan) > 1:
+                with ThreadPoolExecutor(len(plan) - 1, thread_name_prefix="delegate") as pool:
+                    futures = [pool.submit(self._add_one, req, d) for d in plan[1:]]
+                    errors = []
+                    for i, future in enumerate(futures, start=1):
+                        try:
+                            results[i] = future.result()
+                        except CniError as exc:
+                            errors.append(exc)
+                if errors:
+                    raise errors[0]
+            self.attachments.finish(req.container_id, req.ifname, {"results": results})
+        if pod is not None and self.source is not None:
+            self._write_status(pod, plan, results)
+        primary = results[0]
+        assert primary is not None
+        return canonical_result(primary)
+
+    def _env(self, req: CniRequest, ifname: str) -> dict[str, str]:
+        return {**req.env, "CNI_IFNAME": ifname}
+
+    def _add_one(self, req: CniRequest, d: Delegate) -> dict[str, Any]:
+        try:
+            return conflist.add(d.conflist, self._env(req, d.ifname), self.run)
+        except CniError as exc:
+            raise CniError(exc.code, f"network {d.network} ({d.ifname}): {exc.msg}", exc.details) from None
+
+    def _write_status(self, pod: Pod, plan: list[Delegate], results: list[dict[str, Any] | None]) -> None:
+        entries = [status_entry(d.network, d.ifname, canonical_result(r), default=d.default)
+                   for d, r in zip(plan, results, strict=True) if r is not None]
+        try:
+            assert self.source is not None
+            self.source.set_network_status(pod, encode(entries))
+        except CniError as exc:  # the pod is networked: a stuck API server must not undo that
+            log.warning("could not write %s on %s/%s: %s", NETWORK_STATUS_ANNOTATION, pod.namespace, pod.name, exc)
+
+    # ---- DEL, CHECK, GC, STATUS -----------------------------------------------------------------
+    def _delete(self, req: CniRequest, plan: list[Delegate], results: list[dict[str, Any] | None]) -> None:
+        """Every planned delegate, secondaries first, each even if another failed; first error raised."""
+        first: CniError | None = None
+        for d, result in reversed(list(zip(plan, results, strict=True))):
+            try:
+                conflist.delete(d.conflist, self._env(req, d.ifname), result, self.run)
+            except CniError as exc:
+                first = first or exc
+        if first is not None:
+            raise first
+
+    def _recorded(self, req: CniRequest) -> tuple[list[Delegate], list[dict[str, Any] | None]] | None:
+        record = self.attachments.get(req.container_id, req.ifname)
+        if record is None:
+            return None
+        plan = [Delegate(d["network"], d["ifname"], d["conflist"], d["default"]) for d in record.config["delegates"]]
+        results = (record.result or {}).get("results") or [None] * len(plan)
+        return plan, results
+
+    def delete(self, req: CniRequest) -> None:
+        recorded = self._recorded(req)
+        if recorded is not None:
+            self._delete(req, *recorded)
+        self.attachments.drop(req.container_id, req.ifname)
+
+    def check(self, req: CniRequest) -> None:
+        recorded = self._recorded(req)
+        if recorded is None:
+            raise CniError(INVALID_CONFIG, f"no attachment {req.container_id}/{req.ifname} is recorded")
+        for d, result in zip(*recorded, strict=True):
+            if result is not None:
+                conflist.check(d.conflist, self._env(req, d.ifname), result, self.run)
+
+    def gc(self, req: CniRequest) -> None:
+        valid = valid_attachments(req.config)
+        for record in self.attachments.of_network(req.network_name):
+            if (record.container_id, record.ifname) not in valid:
+                stale = CniRequest("DEL", record.container_id, record.netns, record.ifname, {}, req.path,
+                                   {**req.env, "CNI_CONTAINERID": record.container_id, "CNI_NETNS": record.netns},
+                                   req.config)
+                self.delete(stale)
+
+    def status(self, req: CniRequest) -> None:
+        conf = parse_conf(req.config)
+        if conf.readiness_indicator_file and not os.path.exists(conf.readiness_indicator_file):
+            raise CniError(TRY_AGAIN_LATER, "the primary network is not ready",
+                           f"waiting for {conf.readiness_indicator_file}")
