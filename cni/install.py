@@ -55,12 +55,26 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--shim", choices=("auto", "native", "python"), default="auto",
                         help="which build of the shim to install (default %(default)s)")
     parser.add_argument("--python", help="interpreter for the Python shim (default: this one)")
+    parser.add_argument("--conf-dir", type=Path,
+                        help="also write the railnet meta plugin's conflist here, wrapping the node's primary network")
+    parser.add_argument("--uninstall", action="store_true",
+                        help="remove what install-cni wrote (plugin files, and the conflist with --conf-dir)")
     args = parser.parse_args(argv)
+    from cni.meta import netconf  # only for the conflist: keeps the plain install import-light
+
+    if args.uninstall:
+        for name in PLUGIN_NAMES:
+            (args.dest / name).unlink(missing_ok=True)
+        if args.conf_dir and netconf.remove(args.conf_dir):
+            print(f"removed {args.conf_dir / netconf.META_FILE}")
+        return 0
     try:
         paths = install(args.dest, args.shim, args.python)
+        if args.conf_dir:
+            paths.append(netconf.write(args.conf_dir))
     except FileNotFoundError as exc:
         print(f"railnet install-cni: {exc}", file=sys.stderr)
         return 1
     for path in paths:
-        print(f"installed {path} ({choose(args.shim)} shim)")
+        print(f"installed {path}")
     return 0

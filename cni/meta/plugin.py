@@ -33,11 +33,13 @@ from cni.spec import conflist
 from cni.spec.errors import INTERFACE_EXISTS, INVALID_CONFIG, TRY_AGAIN_LATER, UNKNOWN_CONTAINER, CniError
 from cni.spec.exec import PluginExec
 from cni.spec.model import WireModel
-from cni.spec.request import CniRequest
+from cni.spec.request import CniRequest, validate_ifname
 from cni.spec.rollback import Rollback
 from cni.spec.versions import canonical_result
 from ipam.config import validation_error
 from ipam.plugin import valid_attachments
+from scheduler.live.allocation import PodAllocation
+from scheduler.live.objects import ALLOCATION_ANNOTATION
 
 log = logging.getLogger("railnet.meta")
 
@@ -102,6 +104,44 @@ def with_capabilities(plugins: dict[str, Any], runtime: dict[str, Any]) -> dict[
     return out
 
 
+def rails_of(chain: dict[str, Any], sel: NetworkSelection, pod: Pod) -> list[tuple[str, dict[str, Any]]]:
+    """`"rail": "auto"`: one interface per NIC the scheduler allocated to the pod, in rail order,
+    each on its own parent NIC and, when the IPAM names a pool with `{rail}`, on that rail's pool.
+    Interfaces are `<interface><rail>` when the selection names an interface, else `rail<rail>`."""
+    text = pod.annotations.get(ALLOCATION_ANNOTATION)
+    if not text:
+        raise CniError(INVALID_CONFIG, f"network {sel.key} asks for rail: auto but the pod has no device allocation",
+                       f"the pod needs the {ALLOCATION_ANNOTATION} annotation, written by the railnet scheduler "
+                       "(schedulerName: railnet)")
+    try:
+        allocation = PodAllocation.from_annotation(text)
+    except ValueError as exc:
+        raise CniError(INVALID_CONFIG, f"the pod's {ALLOCATION_ANNOTATION} annotation is malformed", str(exc)) from None
+    nics = {nic.index: nic for nic in allocation.nics}
+    prefix = sel.interface if sel.interface and not sel.interface.startswith("net") else "rail"
+    out = []
+    for rail in allocation.rails:
+        nic = nics.get(rail.nic)
+        if nic is None or not (nic.name or nic.pci_address or nic.rdma_device):
+            raise CniError(INVALID_CONFIG, f"rail {rail.rail} of the pod's allocation names no usable NIC",
+                           "the node's NodeTopology must list the NIC's netdev, PCI address or RDMA device")
+        first = {k: v for k, v in chain["plugins"][0].items() if k not in ("rail", "master", "pciAddress",
+                                                                           "rdmaDevice")}
+        # The netdev is what the agent's host namespace knows the NIC by; PCI and RDMA names go via sysfs.
+        first.update({"master": nic.name} if nic.name else
+                     {"pciAddress": nic.pci_address} if nic.pci_address else {"rdmaDevice": nic.rdma_device})
+        ipam = first.get("ipam")
+        if isinstance(ipam, dict) and isinstance(ipam.get("pool"), str):
+            first["ipam"] = {**ipam, "pool": ipam["pool"].replace("{rail}", str(rail.rail))}
+        ifname = f"{prefix}{rail.rail}"
+        validate_ifname(ifname)
+        out.append((ifname, {**chain, "plugins": [first, *chain["plugins"][1:]]}))
+    if not out:
+        raise CniError(INVALID_CONFIG, f"network {sel.key} asks for rail: auto but the pod's allocation has no rails",
+                       "ask for GPUs and RDMA NICs together (nvidia.com/gpu and rdma/roce) so the scheduler pairs them")
+    return out
+
+
 class MetaPlugin:
     def __init__(self, attachments: AttachmentStore, source: PodSource | None, run: PluginExec) -> None:
         self.attachments = attachments
@@ -148,7 +188,17 @@ class MetaPlugin:
             chain = from_nad(sel.namespace or pod.namespace, sel.name, self._nad(sel), conf.conf_dir)
             if sel.cni_args:
                 chain = {**chain, "plugins": [{**p, "args": {"cni": sel.cni_args}} for p in chain["plugins"]]}
-            plan.append(Delegate(sel.key, sel.interface, with_capabilities(chain, sel.runtime_config()), False))
+            chain = with_capabilities(chain, sel.runtime_config())
+            if chain["plugins"][0].get("rail") == "auto":
+                plan += [Delegate(sel.key, ifname, rail_chain, False)
+                         for ifname, rail_chain in rails_of(chain, sel, pod)]
+            else:
+                plan.append(Delegate(sel.key, sel.interface, chain, False))
+        names = [d.ifname for d in plan]
+        duplicate = next((n for n in names if names.count(n) > 1), None)
+        if duplicate:
+            raise CniError(INVALID_CONFIG, f"interface {duplicate} is used twice",
+                           "a rail: auto network names its interfaces <interface><rail>; rename the other one")
         return plan
 
     # ---- ADD ------------------------------------------------------------------------------------

@@ -135,3 +135,29 @@ def test_network_status_entry() -> None:
                      "device-info": {"type": "pci", "version": "1.1.0",
                                      "pci": {"pci-address": "0000:1b:00.2", "rdma-device": "mlx5_3",
                                              "pf-pci-address": "0000:1b:00.0"}}}
+
+
+def test_meta_conflist_wraps_the_primary_and_uninstall_restores(tmp_path: Path) -> None:
+    from cni.install import main
+    from cni.meta import netconf
+
+    conf_dir, bin_dir = tmp_path / "net.d", tmp_path / "bin"
+    conf_dir.mkdir()
+    calico = {"cniVersion": "1.0.0", "name": "k8s-pod-network", "plugins": [{"type": "calico"}]}
+    (conf_dir / "10-calico.conflist").write_text(json.dumps(calico))
+    (conf_dir / "05-broken.conf").write_text("{")
+    assert main(["--dest", str(bin_dir), "--shim", "python", "--conf-dir", str(conf_dir)]) == 0
+    ours = json.loads((conf_dir / netconf.META_FILE).read_text())
+    assert ours["plugins"][0]["clusterNetwork"] == "k8s-pod-network" and ours["cniVersion"] == "1.0.0"
+    assert sorted(p.name for p in conf_dir.iterdir())[0] == netconf.META_FILE  # the runtime picks ours first
+    assert netconf.primary_network(conf_dir)[1] == calico  # re-running finds the primary, not ours
+    assert main(["--dest", str(bin_dir), "--conf-dir", str(conf_dir), "--uninstall"]) == 0
+    assert sorted(p.name for p in conf_dir.iterdir()) == ["05-broken.conf", "10-calico.conflist"]
+    assert json.loads((conf_dir / "10-calico.conflist").read_text()) == calico and not list(bin_dir.iterdir())
+
+
+def test_no_primary_is_a_clear_error(tmp_path: Path) -> None:
+    from cni.install import main
+
+    (tmp_path / "net.d").mkdir()
+    assert main(["--dest", str(tmp_path / "bin"), "--shim", "python", "--conf-dir", str(tmp_path / "net.d")]) == 1

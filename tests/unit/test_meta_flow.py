@@ -199,3 +199,41 @@ def test_a_pod_without_kubernetes_args_gets_the_primary_only(tmp_path: Path, con
     meta.add(req)
     assert [c[0] for c in run.calls] == ["calico", "portmap"]
 
+
+
+def test_rail_auto_attaches_one_interface_per_allocated_nic(tmp_path: Path, conf_dir: Path) -> None:
+    from scheduler.live.allocation import GpuRef, NicRef, PodAllocation, Rail
+
+    allocation = PodAllocation(node="n1", topology_known=True, gpus=[GpuRef(index=0), GpuRef(index=1)],
+                               nics=[NicRef(index=2, name="ens2np0", pci_address="0000:2b:00.0"),
+                                     NicRef(index=5, pci_address="0000:5b:00.0", rdma_device="mlx5_5")],
+                               rails=[Rail(rail=0, gpu=0, nic=2, tier=1, tier_name="SAME_SWITCH"),
+                                      Rail(rail=1, gpu=1, nic=5, tier=1, tier_name="SAME_SWITCH")])
+    pod = Pod("ml", "trainer-0", "u1", {"k8s.v1.cni.cncf.io/networks": "rails",
+                                        "railnet.io/allocation": allocation.to_annotation()})
+    rails_nad = nad("railnet-macvlan", rail="auto", master="ignored",
+                    ipam={"type": "railnet-ipam", "pool": "rail-{rail}"})
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    def run(plugin_type: str, command: str, config: dict[str, Any], env: dict[str, str]) -> dict[str, Any] | None:
+        seen.append((env["CNI_IFNAME"], config))
+        return {"cniVersion": config["cniVersion"], "interfaces": [{"name": env["CNI_IFNAME"]}], "ips": []}
+
+    meta, _ = plugin(tmp_path, FakeCluster(pod, {"ml/rails": rails_nad}), run)  # type: ignore[arg-type]
+    meta.add(request("ADD", meta_conf(conf_dir)))
+    rails = {ifname: conf for ifname, conf in seen if conf["type"] == "railnet-macvlan"}
+    assert set(rails) == {"rail0", "rail1"}
+    assert rails["rail0"]["master"] == "ens2np0" and rails["rail0"]["ipam"]["pool"] == "rail-0"
+    assert "master" not in rails["rail1"] and rails["rail1"]["pciAddress"] == "0000:5b:00.0"
+    assert rails["rail1"]["ipam"]["pool"] == "rail-1" and "rail" not in rails["rail1"]
+
+
+def test_rail_auto_without_an_allocation_names_the_annotation(tmp_path: Path, conf_dir: Path) -> None:
+    pod = Pod("ml", "trainer-0", "u1", {"k8s.v1.cni.cncf.io/networks": "rails"})
+    cluster = FakeCluster(pod, {"ml/rails": nad("railnet-macvlan", rail="auto")})
+    run = Recorder()
+    meta, store = plugin(tmp_path, cluster, run)
+    with pytest.raises(CniError) as exc:
+        meta.add(request("ADD", meta_conf(conf_dir)))
+    assert exc.value.code == errors.INVALID_CONFIG and "railnet.io/allocation" in exc.value.details
+    assert run.calls == [] and store.get("c1", "eth0") is None
