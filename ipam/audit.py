@@ -72,18 +72,21 @@ def audit(api: KubeApi, check_pods: bool = True) -> Report:
     for name, spec in pools.items():
         rep.pools[name] = {"total": addrset.allocatable(spec).size, "allocated": 0, "blocks": 0, "reserved": 0}
     holders: dict[str, list[str]] = defaultdict(list)
-    nets: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
+    # node blocks and fixed-IP claims apart: a node block spans the fixed ranges but never hands them out
+    nets: dict[bool, list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]]] = {False: [], True: []}
     for blk in blocks:
         bname, spec_b = blk["metadata"]["name"], blk.get("spec", {})
         pool, node, res = spec_b.get("pool", ""), spec_b.get("node", ""), spec_b.get("reservation")
         net = ipaddress.ip_network(spec_b["cidr"])
-        nets.append((net, bname))
+        nets[bool(res)].append((net, bname))
         if pool not in pools:
             rep.leaks.append(f"block {bname} belongs to pool {pool!r}, which does not exist")
         elif not net.subnet_of(ipaddress.ip_network(pools[pool].subnet)):  # type: ignore[arg-type]
             rep.conflicts.append(f"block {bname} ({net}) is outside pool {pool} ({pools[pool].subnet})")
         stats = rep.pools.get(pool)
         if res:
+            if pool in pools and str(net.network_address) not in addrset.fixed(pools[pool]):
+                rep.conflicts.append(f"address claim {bname} ({net}) is outside the fixedRanges of pool {pool}")
             if res not in reservations:
                 rep.leaks.append(f"address claim {bname} belongs to reservation {res}, which does not exist")
             if stats:
@@ -105,10 +108,11 @@ def audit(api: KubeApi, check_pods: bool = True) -> Report:
     for address, who in holders.items():
         if len(who) > 1:
             rep.duplicates.append(f"{address} is held {len(who)} times: {', '.join(who)}")
-    nets.sort(key=lambda x: (x[0].version, int(x[0].network_address)))
-    for (n1, b1), (n2, b2) in zip(nets, nets[1:], strict=False):
-        if n1.version == n2.version and n1.overlaps(n2):
-            rep.duplicates.append(f"blocks {b1} ({n1}) and {b2} ({n2}) overlap")
+    for group in nets.values():
+        group.sort(key=lambda x: (x[0].version, int(x[0].network_address)))
+        for (n1, b1), (n2, b2) in zip(group, group[1:], strict=False):
+            if n1.version == n2.version and n1.overlaps(n2):
+                rep.duplicates.append(f"blocks {b1} ({n1}) and {b2} ({n2}) overlap")
     return rep
 
 

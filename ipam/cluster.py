@@ -28,6 +28,7 @@ from typing import Any
 
 from netaddr import IPSet
 
+from cni import faults
 from cni.spec.errors import (
     POOL_CONFLICT,
     POOL_EXHAUSTED,
@@ -59,10 +60,13 @@ CREATE TABLE IF NOT EXISTS cluster_block (
 CREATE TABLE IF NOT EXISTS cluster_pod (
     container_id TEXT NOT NULL,
     ifname TEXT NOT NULL,
-    pod TEXT NOT NULL,
+    pod TEXT NOT NULL,              -- namespace/name from CNI_ARGS
+    uid TEXT NOT NULL DEFAULT '',   -- K8S_POD_UID, when the runtime passed it
+    netns TEXT NOT NULL DEFAULT '', -- CNI_NETNS at ADD
     PRIMARY KEY (container_id, ifname)
 );
 """
+_POD_COLUMNS = ("uid", "netns")  # added after the first release: older state files get them on open
 
 
 def unavailable(exc: ApiError, what: str) -> CniError:
@@ -79,6 +83,7 @@ def api_failure(exc: ApiError, what: str) -> CniError:
 class PodRef:
     namespace: str
     name: str
+    uid: str = ""
 
     @property
     def key(self) -> str:
@@ -87,7 +92,7 @@ class PodRef:
 
 def pod_of(args: dict[str, str]) -> PodRef | None:
     ns, name = args.get("K8S_POD_NAMESPACE", ""), args.get("K8S_POD_NAME", "")
-    return PodRef(ns, name) if ns and name else None
+    return PodRef(ns, name, args.get("K8S_POD_UID", "")) if ns and name else None
 
 
 class ClusterStore:
@@ -99,6 +104,11 @@ class ClusterStore:
         self.grace = grace
         self.interval = interval
         store.db.ensure(SCHEMA)
+        for column in _POD_COLUMNS:
+            if column not in store.db.columns("cluster_pod"):
+                with store.db.transaction() as db:
+                    if column not in {r[1] for r in db.execute("PRAGMA table_info(cluster_pod)")}:
+                        db.execute(f"ALTER TABLE cluster_pod ADD COLUMN {column} TEXT NOT NULL DEFAULT ''")
         self.pools = PoolCache(api)
         self.gate = SharedExclusive()  # allocations shared; giving a block back alone
         self._claim_locks: dict[str, threading.Lock] = {}
@@ -157,10 +167,11 @@ class ClusterStore:
     # --------------------------------------------------------------------------------- allocate
 
     def allocate(self, name: str, network: str, container_id: str, ifname: str,
-                 args: dict[str, str]) -> tuple[list[Allocation], PoolSpec]:
+                 args: dict[str, str], netns: str = "") -> tuple[list[Allocation], PoolSpec]:
         pool = self.pool(name)
         self.check_usable(name, pool, network)
         pod = pod_of(args)
+        self._remember(pod, container_id, ifname, netns)  # before the address: a kill leaves no orphan
         held = self.store.held(container_id, ifname, name, network)
         if held:  # a repeated ADD: the same address, wherever it came from
             spec = addrset.spec_for(pool, IPSet(held))
@@ -171,15 +182,17 @@ class ClusterStore:
             if fixed is not None:
                 spec = addrset.spec_for(pool, IPSet([fixed]))
                 assert spec is not None
-                return self._remember(pod, self.store.allocate(name, spec, container_id, ifname, [
-                    ipaddress.ip_address(fixed)], network=network), container_id, ifname), spec
+                allocs = self.store.allocate(name, spec, container_id, ifname, [ipaddress.ip_address(fixed)],
+                                             network=network)
+                return allocs, spec
         for _ in range(64):
             with self.gate.shared():
                 spec = self._blocks_spec(name, pool)
                 if spec is not None:
                     try:
                         allocs = self.store.allocate(name, spec, container_id, ifname, network=network)
-                        return self._remember(pod, allocs, container_id, ifname), spec
+                        faults.point("ipam:allocated")  # committed locally, no reply yet
+                        return allocs, spec
                     except CniError as exc:
                         if exc.code != POOL_EXHAUSTED:
                             raise
@@ -187,11 +200,12 @@ class ClusterStore:
         raise CniError(POOL_FULL, f"IP pool {name!r} kept filling up while this node claimed blocks",
                        "retry the ADD")
 
-    def _remember(self, pod: PodRef | None, allocs: list[Allocation], cid: str, ifname: str) -> list[Allocation]:
+    def _remember(self, pod: PodRef | None, cid: str, ifname: str, netns: str) -> None:
+        """Who the attachment belongs to, for the block status and the agent's reconcile (ipam/reconcile.py)."""
         if pod is not None:
             with self.store.db.transaction() as db:
-                db.execute("INSERT OR REPLACE INTO cluster_pod VALUES (?,?,?)", (cid, ifname, pod.key))
-        return allocs
+                db.execute("INSERT OR REPLACE INTO cluster_pod (container_id, ifname, pod, uid, netns) "
+                           "VALUES (?,?,?,?,?)", (cid, ifname, pod.key, pod.uid, netns))
 
     def _blocks(self, name: str, states: tuple[str, ...] = ("claimed",)) -> list[str]:
         marks = ",".join("?" * len(states))
@@ -243,6 +257,7 @@ class ClusterStore:
         with self.store.db.transaction() as db:  # written before the create: a kill leaves a trace
             db.execute("INSERT OR REPLACE INTO cluster_block VALUES (?,?,?,?,NULL)",
                        (name, cidr, "claiming", time.time()))
+        faults.point("ipam:block-claiming")  # recorded locally, not created yet
         try:
             self.api.create_block(self.block_body(name, pool, cidr))
         except ApiError as exc:
@@ -252,6 +267,7 @@ class ClusterStore:
                 raise unavailable(exc, f"IP pool {name!r}: claiming block {cidr}") from None
             self._forget(name, cidr)
             raise api_failure(exc, f"IP pool {name!r}: claiming block {cidr}") from None
+        faults.point("ipam:block-created")  # the object exists, the local row still says 'claiming'
         self._mark(name, cidr, "claimed")
         log.info("claimed block", extra={"fields": {"pool": name, "cidr": cidr}})
         return True

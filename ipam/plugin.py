@@ -76,7 +76,7 @@ class IpamService:
                 raise CniError(INVALID_CONFIG, f"IP pool {conf.pool!r} is a cluster pool: requested IPs are not "
                                "supported", "fixed IPs come from the pool's fixedRanges (IPReservation)")
             allocs, spec = self.cluster.allocate(conf.pool, network_of(config), req.container_id, req.ifname,
-                                                 req.args)
+                                                 req.args, req.netns)
             return self.result(allocs, spec, conf)
         pool, spec, conf = self.resolve(config)
         allocs = self.store.allocate(pool, spec, req.container_id, req.ifname, requested_ips(req),

@@ -95,12 +95,16 @@ def lock_state_dir(state_dir: Path) -> IO[str]:
 
 class Agent:
     def __init__(self, state_dir: Path, pools_dir: Path | None, sysfs: Path, kubeconfig: Path | None = None,
-                 node_name: str = "", block_grace: float = 30.0) -> None:
+                 node_name: str = "", block_grace: float = 30.0, reconcile_interval: float = 60.0,
+                 reconcile_min_age: float = 60.0) -> None:
         db = Database(state_dir / "railnet.db")
         self.attachments = AttachmentStore(db)
         store = IpamStore(db)
         self.cluster: Any = None
         self.publisher: Any = None
+        self.reconciler: Any = None
+        self.locks = KeyedLocks()
+        self.gc_gate = SharedExclusive()
         if kubeconfig is not None:  # named pools are IPPool objects of the cluster (ipam/cluster.py)
             from ipam.cluster import ClusterStore
             from ipam.kubeapi import KubeApi
@@ -110,16 +114,33 @@ class Agent:
             self.publisher = Publisher(self.cluster)
             self.cluster.start()
             self.publisher.start()
+            if reconcile_interval > 0:  # addresses of pods gone for good (ipam/reconcile.py)
+                from ipam.reconcile import Reconciler
+
+                self.reconciler = Reconciler(self.cluster, self.container, interval=reconcile_interval,
+                                             min_age=reconcile_min_age)
+                self.reconciler.start()
+        pods = None
+        if kubeconfig is not None:  # the meta plugin reads pods and NADs, and writes network-status
+            from cni.meta.kube import KubePods
+
+            pods = KubePods(kubeconfig)
         self.dispatcher = Dispatcher(IpamService(store, PoolRegistry(pools_dir), self.cluster), self.attachments,
-                                     sysfs)
-        self.locks = KeyedLocks()
-        self.gc_gate = SharedExclusive()
+                                     sysfs, pods=pods)
 
     def close(self) -> None:
         """Stop the cluster store's threads (publishing block status, the IPPool watch)."""
+        if self.reconciler is not None:
+            self.reconciler.stop()
         if self.publisher is not None:
             self.publisher.stop()
             self.cluster.stop()
+
+    @contextmanager
+    def container(self, container_id: str) -> Iterator[None]:
+        """What a request for `container_id` holds: no GC running, no other request for it."""
+        with self.gc_gate.shared(), self.locks.hold(container_id):
+            yield
 
     @contextmanager
     def _serialised(self, env: dict[str, str]) -> Iterator[None]:
@@ -127,7 +148,7 @@ class Agent:
             with self.gc_gate.exclusive():
                 yield
             return
-        with self.gc_gate.shared(), self.locks.hold(env.get("CNI_CONTAINERID", "")):
+        with self.container(env.get("CNI_CONTAINERID", "")):
             yield
 
     def serve_one(self, request: ShimRequest) -> tuple[int, str]:
@@ -159,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="this node's name in the cluster (env NODE_NAME); needed with --kubeconfig")
     parser.add_argument("--block-grace", type=float, default=30.0,
                         help="seconds an emptied block is kept before it is given back (default %(default)s)")
+    parser.add_argument("--reconcile-interval", type=float, default=60.0,
+                        help="with --kubeconfig: seconds between passes that release addresses of pods gone from "
+                             "the API whose netns is gone too; 0 = off (default %(default)s)")
+    parser.add_argument("--reconcile-min-age", type=float, default=60.0,
+                        help="attachments younger than this are never reconciled (default %(default)s)")
     parser.add_argument("--workers", type=int, default=8, help="concurrent CNI requests (default %(default)s)")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
@@ -173,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         lock = lock_state_dir(args.state_dir)
         agent = Agent(args.state_dir, args.pools_dir, args.sysfs, args.kubeconfig, args.node_name,
-                      args.block_grace)
+                      args.block_grace, args.reconcile_interval, args.reconcile_min_age)
         server = Server(args.socket, agent.serve_one, workers=max(1, args.workers))
     except (StateDirBusy, SocketInUse) as exc:
         print(f"railnet agent: {exc}; stop it first (one agent per node)", file=sys.stderr)

@@ -26,33 +26,40 @@ def conf(pool: str, network: str = "railnet-test") -> dict[str, Any]:
 class Nodes:
     """N agents with their own node name and state dir, Node objects for them, and the shim."""
 
-    def __init__(self, kubeconfig: Path, core: client.CoreV1Api, count: int, grace: float = 1.0) -> None:
+    def __init__(self, kubeconfig: Path, core: client.CoreV1Api, count: int, grace: float = 1.0,
+                 extra: list[str] | None = None) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="railnet-ipam-"))
         self.core = core
         self.tag = uuid.uuid4().hex[:5]
         self.names = [f"ipam-{self.tag}-n{i}" for i in range(count)]
         self.kubeconfig = kubeconfig
         self.grace = grace
+        self.extra = extra or []  # more agent flags, e.g. the reconcile interval
         self.agents: list[AgentProcess] = []
         from cni.install import install
         self.bin = self.tmp / "bin"
         install(self.bin, "auto")
 
-    def start(self, labels: dict[str, str] | None = None) -> Nodes:
+    def start(self, labels: dict[str, str] | None = None, env: dict[str, str] | None = None) -> Nodes:
         for name in self.names:
             self.core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name=name, labels=labels or {})))
         for name in self.names:
             agent = AgentProcess(self.tmp / name, self.tmp / "nopools")
             agent.args = ["--kubeconfig", str(self.kubeconfig), "--node-name", name,
-                          "--block-grace", str(self.grace)]
-            agent.start()
+                          "--block-grace", str(self.grace), *self.extra]
+            agent.start(env=env)
             self.agents.append(agent)
         return self
 
+    def restart(self, i: int, env: dict[str, str] | None = None) -> None:
+        """SIGKILL agent i (if running) and start it again on the same state dir."""
+        self.agents[i].kill()
+        self.agents[i].start(env=env)
+
     def call(self, i: int, command: str, pool: str, cid: str, *, network: str = "railnet-test",
-             args: str = "") -> PluginCall:
+             args: str = "", netns: str = "/proc/self/ns/net") -> PluginCall:
         return run_plugin(self.bin / "railnet-ipam", command, conf(pool, network), container_id=cid,
-                          ifname="net1", netns="/proc/self/ns/net", env=self.agents[i].env(), args=args)
+                          ifname="net1", netns=netns, env=self.agents[i].env(), args=args)
 
     def many(self, command: str, pool: str, per_node: int, workers: int = 10) -> list[PluginCall]:
         jobs = [(i, f"c-{self.tag}-{i}-{j}") for j in range(per_node) for i in range(len(self.agents))]
