@@ -48,6 +48,7 @@ demo: setup
 	$(PY) -m railnet.dev.demo
 
 bench: setup
+	$(PY) -m railnet.dev.peers build
 	@set -e; if [ -z "$$RAILNET_OPENB_DIR" ]; then echo "NOTE: RAILNET_OPENB_DIR is not set: the trace benchmarks replay a generated openb-format trace; the published comparison needs the real one (alibaba/clusterdata, cluster-trace-gpu-v2023/csv; see docs/benchmarks/scheduler.md)"; fi; \
 	for b in tests/bench/bench_*.py; do echo "==> $$b"; $(PY) $$b; done
 

@@ -16,7 +16,7 @@ Naming rule (cni.spec.model.WireModel): snake_case attributes, camelCase on the 
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -178,6 +178,7 @@ class PoolSpec(WireModel):
     routes: list[Route] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
     dns: dict[str, Any] | None = None
+    conflict_probe: Literal["arp"] | None = None  # from a named pool (IPPool spec.conflictProbe)
 
     @field_validator("ranges")
     @classmethod

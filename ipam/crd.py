@@ -26,7 +26,7 @@ one conversion to the allocator's host-local range sets.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -124,6 +124,11 @@ class IPPoolSpec(WireModel):
         description="Spans kept for fixed IPs (IPReservation); never handed to a node's block.",
     )
     rail: int | None = Field(default=None, ge=0, description="Index of the NIC rail this pool serves.")
+    conflict_probe: Literal["arp"] | None = Field(
+        default=None,
+        description="'arp': before an IPv4 address is handed out, ARP-probe it (RFC 5227) on the network's parent "
+                    "NIC (config 'master'); an address another host answers for is quarantined and another tried.",
+    )
 
     @field_validator("subnet")
     @classmethod
@@ -170,7 +175,8 @@ class IPPoolSpec(WireModel):
 
     def to_pool_spec(self) -> PoolSpec:
         """The one conversion from the pool schema (IPPool) to what the allocator draws from."""
-        return PoolSpec(ranges=[self.range_set()], routes=self.routes, exclude=self.exclude)
+        return PoolSpec(ranges=[self.range_set()], routes=self.routes, exclude=self.exclude,
+                        conflict_probe=self.conflict_probe)
 
 
     @property

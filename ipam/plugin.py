@@ -7,10 +7,12 @@ plugin, e.g. the reference macvlan with "ipam": {"type": "railnet-ipam", ...}.
 from __future__ import annotations
 
 import ipaddress
+import logging
 from typing import TYPE_CHECKING, Any
 
-from cni.spec.errors import CHECK_FAILED, INVALID_CONFIG, NOT_AVAILABLE, CniError
+from cni.spec.errors import CHECK_FAILED, INVALID_CONFIG, IO_FAILURE, NOT_AVAILABLE, POOL_EXHAUSTED, CniError
 from cni.spec.request import CniRequest
+from ipam import probe as conflict_probe
 from ipam.config import IPAddress, IpamConf, PoolSpec, parse_ipam
 from ipam.pools import PoolRegistry
 from ipam.store import Allocation, IpamStore
@@ -18,6 +20,8 @@ from ipam.store import Allocation, IpamStore
 if TYPE_CHECKING:  # the cluster store pulls in the kubernetes client; only agents with --kubeconfig load it
     from ipam.cluster import ClusterStore
 
+log = logging.getLogger("railnet.ipam")
+MAX_PROBE_TRIES = 8  # addresses tried for one ADD before giving up on a pool full of squatters
 VALID_ATTACHMENT_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")  # the 1.1.0 text used the second
 
 
@@ -69,19 +73,59 @@ class IpamService:
         return f"net:{config.get('name', '')}", conf.inline_spec(), conf
 
     def add(self, req: CniRequest, config: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Allocate; with a pool's `conflictProbe: arp`, probe the IPv4 addresses on the parent NIC first."""
         config = config or req.config
         conf = parse_ipam(config.get("ipam"))
+        probe = self._probe_of(conf, config)
+        for _ in range(MAX_PROBE_TRIES):
+            result, allocs = self._add(req, config, conf)
+            if probe is None:
+                return result
+            v4 = [a for a in allocs if a.address.version == 4]
+            try:
+                taken = conflict_probe.conflicts(probe, [ipaddress.IPv4Address(int(a.address)) for a in v4])
+            except OSError as exc:
+                raise CniError(IO_FAILURE, f"ARP probe on {probe} failed: {exc.strerror or exc}",
+                               "check the parent NIC, or remove conflictProbe from the pool") from None
+            if not taken:
+                return result
+            for a in v4:
+                if a.address in taken:
+                    self.store.quarantine(a.pool, str(a.address), f"another host answers ARP on {probe}")
+                    log.warning("address in use on the network: quarantined", extra={"fields": {
+                        "pool": a.pool, "address": str(a.address), "nic": probe, "cid": req.container_id}})
+        raise CniError(POOL_EXHAUSTED, f"{MAX_PROBE_TRIES} addresses in a row are already used by other hosts "
+                       f"on {probe}", "they are quarantined (owner railnet-quarantine); find who uses the pool's "
+                       "addresses, or exclude them from the pool")
+
+    def _probe_of(self, conf: IpamConf, config: dict[str, Any]) -> str | None:
+        """The parent NIC to probe on, when the named pool asks for a probe and the config names a master."""
+        if not conf.pool:
+            return None
+        if self.cluster is not None:
+            wanted = self.cluster.pool(conf.pool).conflict_probe
+        else:
+            wanted = self.pools.get(conf.pool).conflict_probe
+        master = config.get("master")
+        if wanted != "arp":
+            return None
+        if not isinstance(master, str) or not master:
+            log.warning("pool %s asks for an ARP probe but the network config names no master NIC", conf.pool)
+            return None
+        return master
+
+    def _add(self, req: CniRequest, config: dict[str, Any], conf: IpamConf) -> tuple[dict[str, Any], list[Allocation]]:
         if conf.pool and self.cluster is not None:
             if requested_ips(req):
                 raise CniError(INVALID_CONFIG, f"IP pool {conf.pool!r} is a cluster pool: requested IPs are not "
                                "supported", "fixed IPs come from the pool's fixedRanges (IPReservation)")
             allocs, spec = self.cluster.allocate(conf.pool, network_of(config), req.container_id, req.ifname,
                                                  req.args, req.netns)
-            return self.result(allocs, spec, conf)
+            return self.result(allocs, spec, conf), allocs
         pool, spec, conf = self.resolve(config)
         allocs = self.store.allocate(pool, spec, req.container_id, req.ifname, requested_ips(req),
                                      network=network_of(config))
-        return self.result(allocs, spec, conf)
+        return self.result(allocs, spec, conf), allocs
 
     @staticmethod
     def result(allocs: list[Allocation], spec: PoolSpec, conf: IpamConf) -> dict[str, Any]:

@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS ipam_cursor (
 );
 """
 _INDEXES = "CREATE INDEX IF NOT EXISTS ipam_allocation_network ON ipam_allocation (network);"
+QUARANTINE = "railnet-quarantine"  # owner of addresses another host was found using (conflict probe)
 _INLINE = "net:"  # pool-name prefix of a network's inline ranges (see IpamService.resolve)
 
 
@@ -182,6 +183,14 @@ class IpamStore:
             where, args = f"{where} AND network IN (?, '')", [*args, network]
         with self.db.transaction() as db:
             return db.execute(f"DELETE FROM ipam_allocation WHERE {where}", args).rowcount
+
+    def quarantine(self, pool: str, address: str, why: str) -> None:
+        """Move `address` from its owner to the quarantine owner: kept out of allocation until DEL'd by hand
+        (`CNI_CONTAINERID=railnet-quarantine`, `CNI_IFNAME=<address>`); GC of a network never touches it."""
+        with self.db.transaction() as db:
+            db.execute("UPDATE ipam_allocation SET container_id=?, ifname=?, network='', created=? "
+                       "WHERE pool=? AND address=?", (QUARANTINE, address, time.time(), pool, address))
+        del why  # the caller logs it
 
     def held(self, container_id: str, ifname: str, pool: str, network: str | None = None) -> list[str]:
         where, args = "pool=? AND container_id=? AND ifname=?", [pool, container_id, ifname]

@@ -54,6 +54,13 @@ def nodes(cluster: DevCluster, core: client.CoreV1Api) -> Iterator[Any]:
         n.close()
 
 
+@pytest.fixture
+def ns(core: client.CoreV1Api, namespace: str) -> Iterator[str]:
+    """The test namespace; its pods are force-deleted afterwards (no kubelet would ever confirm them)."""
+    yield namespace
+    core.delete_collection_namespaced_pod(namespace, grace_period_seconds=0)
+
+
 def _name() -> str:
     return f"g{uuid.uuid4().hex[:6]}"
 
@@ -105,7 +112,8 @@ def _delete_pod(core: client.CoreV1Api, namespace: str, name: str) -> None:
 # ------------------------------------------------------------------------------------------ reconcile
 
 def test_reconcile_releases_only_addresses_whose_pod_and_netns_are_both_gone(
-        kube: KubeApi, core: client.CoreV1Api, custom: client.CustomObjectsApi, nodes: Any, namespace: str) -> None:
+        kube: KubeApi, core: client.CoreV1Api, custom: client.CustomObjectsApi, nodes: Any, ns: str) -> None:
+    namespace = ns
     one = nodes(1, extra=["--reconcile-interval", "0.3", "--reconcile-min-age", "0"])
     node = one.names[0]
     lab = Lab("rnrc")
@@ -273,7 +281,8 @@ def test_api_server_restarted_during_a_run_loses_nothing(
 # ------------------------------------------------------------------------------------------ fixed IPs
 
 def test_job_replica_keeps_its_ip_on_another_node_and_a_new_owner_gets_a_new_reservation(
-        kube: KubeApi, core: client.CoreV1Api, custom: client.CustomObjectsApi, nodes: Any, namespace: str) -> None:
+        kube: KubeApi, core: client.CoreV1Api, custom: client.CustomObjectsApi, nodes: Any, ns: str) -> None:
+    namespace = ns
     two = nodes(2)
     fixed = ipaddress.ip_network("10.215.0.240/28")
     labels = {"training.kubeflow.org/replica-type": "worker", "training.kubeflow.org/replica-index": "0"}
@@ -325,3 +334,35 @@ def test_job_replica_keeps_its_ip_on_another_node_and_a_new_owner_gets_a_new_res
         assert two.call(1, "DEL", name, "w0-c").ok
         assert two.call(0, "DEL", name, "plain").ok
         _clean(kube)
+
+
+# ------------------------------------------------------------------------------------------ example
+
+def test_example_cluster_pool_serves_blocks_and_fixed_ips(
+        kube: KubeApi, core: client.CoreV1Api, custom: client.CustomObjectsApi, cluster: DevCluster,
+        apply: Any, ns: str) -> None:
+    namespace = ns
+    n = Nodes(cluster.kubeconfig, core, 1, 1.0)
+    try:
+        n.start(labels={"railnet.io/rail0": "true"})
+        (obj,) = apply("examples/ippool-rail0-cluster.yaml")
+        name = obj.metadata.name
+        try:
+            plain = ipaddress.ip_address(_addr(n.call(0, "ADD", name, "ex-0", network="rail0")))
+            assert plain in ipaddress.ip_network("172.30.0.0/26") and int(plain) > int(ipaddress.ip_address("172.30.0.15"))
+            cm = core.create_namespaced_config_map(namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="ss")))
+            ref = client.V1OwnerReference(api_version="v1", kind="ConfigMap", name="ss", uid=cm.metadata.uid,
+                                          controller=True)
+            uid = _pod(core, namespace, "ss-0", n.names[0], {"apps.kubernetes.io/pod-index": "0"}, ref)
+            fixed = _addr(n.call(0, "ADD", name, "ex-1", network="rail0", args=_pod_args(namespace, "ss-0", uid)))
+            assert fixed == "172.30.255.1"
+            assert n.call(0, "ADD", name, "ex-2", network="other").output["code"] == 111  # networks: [rail0]
+            for cid in ("ex-0", "ex-1"):
+                assert n.call(0, "DEL", name, cid, network="rail0").ok
+            _clean(kube)
+        finally:
+            custom.delete_collection_cluster_custom_object(GROUP, VERSION, BLOCK_PLURAL,
+                                                           label_selector=f"{POOL_LABEL}={name}")
+            custom.delete_cluster_custom_object(GROUP, VERSION, "ippools", name)
+    finally:
+        n.close()
