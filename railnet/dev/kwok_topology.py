@@ -90,7 +90,7 @@ def install_crds(api: Requester) -> None:
     import time
 
     for name in CRDS:
-        doc = yaml.safe_load((REPO / "deploy" / "crds" / name).read_text())
+        doc = yaml.safe_load((REPO / "deploy" / name).read_text())
         status, answer = api.request("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", doc)
         if status not in (201, 409):
             raise RuntimeError(f"CRD {name}: HTTP {status}: {answer}")

@@ -86,6 +86,7 @@ class SchedulerCache:
         self._node_sig: dict[str, str] = {}
         self.topologies: dict[str, JSON] = {}
         self.pods: dict[str, PodState] = {}
+        self.waiting: set[str] = set()  # our pods without a node (assumed ones included)
         self.podgroups: dict[str, JSON] = {}
         self.cluster = Cluster([], domain_keys)
         self.dirty = True
@@ -180,19 +181,31 @@ class SchedulerCache:
                     self._remove_pod(key)
                     self._bump(freed=True)
                 return
-            state = PodState.of(obj, self.scheduler_name, self.gpu, self.rdma)
-            if old is not None:
-                if old.uid == state.uid and state.rv <= old.rv:
-                    return  # stale: an older event after a newer list
-                if old.uid != state.uid:
-                    self._remove_pod(key)
+            meta = obj["metadata"]
+            if old is not None and old.uid == meta.get("uid") and _rv(meta) <= old.rv:
+                return  # stale: an older event after a newer list
+            node = (obj.get("spec") or {}).get("nodeName")
+            if old is not None and old.uid == meta.get("uid") and node:
+                # A bound pod's requests are immutable: skip re-parsing them (most events are
+                # status updates of bound pods).
+                state = replace(old, rv=_rv(meta), node=node,
+                                annotation=(meta.get("annotations") or {}).get(objects.ALLOCATION_ANNOTATION))
+            else:
+                state = PodState.of(obj, self.scheduler_name, self.gpu, self.rdma)
+            if old is not None and old.uid != state.uid:
+                self._remove_pod(key)
             self.pods[key] = state
+            if state.ours and not state.node:
+                self.waiting.add(key)
+            else:
+                self.waiting.discard(key)
             if state.node:
                 self._account(state)
             self._bump()
 
     def _remove_pod(self, key: str) -> None:
         self.pods.pop(key, None)
+        self.waiting.discard(key)
         self.assumed.pop(key, None)
         self.foreign.discard(key)
         self.backoff.pop(key, None)
@@ -320,9 +333,8 @@ class SchedulerCache:
     # -- the scheduling loop's side -------------------------------------------------------------------
     def pending(self, now: float) -> list[PodState]:
         """Our unbound pods that hold nothing yet and are not backing off."""
-        return [p for p in self.pods.values()
-                if p.ours and not p.node and p.key not in self.cluster.allocations
-                and self.backoff.get(p.key, 0.0) <= now]
+        pods, held, backoff = self.pods, self.cluster.allocations, self.backoff
+        return [pods[k] for k in self.waiting if k not in held and backoff.get(k, 0.0) <= now]
 
     def excluded(self, constraints: objects.Constraints) -> tuple[list[int], dict[str, int]]:
         """Node indices these constraints rule out, and how many per reason (cached until a rebuild)."""
