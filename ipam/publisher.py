@@ -16,6 +16,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from cni.spec.errors import CniError
 from ipam import addrset
 from ipam.cluster import ClusterStore
 from ipam.crd import block_name
@@ -28,6 +29,7 @@ class Publisher:
     def __init__(self, cluster: ClusterStore) -> None:
         self.cluster = cluster
         self._published: dict[str, tuple[tuple[str, str, str, str], ...]] = {}
+        self._claim_after: dict[str, float] = {}  # pool -> when to try claiming ahead again
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="block-publisher", daemon=True)
 
@@ -62,11 +64,13 @@ class Publisher:
                                 "FROM ipam_allocation a LEFT JOIN cluster_pod p USING (container_id, ifname)"):
             by_pool.setdefault(row[0], []).append(row[1:])
         now = time.time()
+        free = self._headroom(blocks, by_pool)
         for pool_name, cidr, state, empty_since in blocks:
             net = ipaddress.ip_network(cidr)
             inside = tuple(sorted(a for a in by_pool.get(pool_name, []) if ipaddress.ip_address(a[0]) in net))
             name = block_name(pool_name, cidr)
-            if state == "releasing" or (not inside and empty_since is not None and now - empty_since > c.grace):
+            if state == "releasing" or (not inside and empty_since is not None and now - empty_since > c.grace
+                                        and self._may_release(pool_name, cidr, free)):
                 self._release(pool_name, cidr)
                 continue
             if not inside and empty_since is None:
@@ -75,6 +79,44 @@ class Publisher:
                 self._set_empty(pool_name, cidr, None)
             if self._published.get(name) != inside:
                 self._publish(pool_name, cidr, name, inside)
+
+    def _headroom(self, blocks: list[tuple[str, str, str, float | None]],
+                  by_pool: dict[str, list[tuple[str, str, str, str]]]) -> dict[str, tuple[int, int, int]]:
+        """Per pool in use on this node: (free addresses in its blocks, addresses held, headroom wanted). When
+        free falls below the headroom, one more block is claimed here, off the ADD path, so that an ADD
+        rarely waits for a claim (the tail of the ADD latency)."""
+        c = self.cluster
+        out: dict[str, tuple[int, int, int]] = {}
+        pools = c.pools.all()
+        for pool_name in sorted({b[0] for b in blocks if b[2] == "claimed"}):
+            pool = pools.get(pool_name)
+            if pool is None:
+                continue
+            cidrs = [b[1] for b in blocks if b[0] == pool_name and b[2] == "claimed"]
+            capacity = sum(addrset.block_capacity(pool, cidr) for cidr in cidrs)
+            nets = [ipaddress.ip_network(cidr) for cidr in cidrs]
+            held = sum(1 for a in by_pool.get(pool_name, []) if any(ipaddress.ip_address(a[0]) in n for n in nets))
+            want = max(1, addrset.block_capacity(pool, cidrs[0]) // 4) if cidrs else 0
+            out[pool_name] = (capacity - held, held, want)
+            if held and capacity - held < want and time.monotonic() >= self._claim_after.get(pool_name, 0.0):
+                try:
+                    c.claim(pool_name, pool, known=c._blocks(pool_name))
+                except CniError as exc:  # the pool is full, or the API server is away: ADDs will say so
+                    log.debug("claim ahead for pool %s: %s", pool_name, exc.msg)
+                    self._claim_after[pool_name] = time.monotonic() + 10.0
+        return out
+
+    def _may_release(self, pool_name: str, cidr: str, free: dict[str, tuple[int, int, int]]) -> bool:
+        """An empty block goes back unless the node still uses the pool and needs the block as headroom."""
+        spare, held, want = free.get(pool_name, (0, 0, 0))
+        pool = self.cluster.pools.all().get(pool_name)
+        if not held or pool is None:
+            return True
+        left = spare - addrset.block_capacity(pool, cidr)
+        if left < want:
+            return False
+        free[pool_name] = (left, held, want)
+        return True
 
     def _publish(self, pool_name: str, cidr: str, name: str, inside: tuple[tuple[str, str, str, str], ...]) -> None:
         pool = self.cluster.pools.all().get(pool_name)

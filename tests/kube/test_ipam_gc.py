@@ -349,7 +349,9 @@ def test_example_cluster_pool_serves_blocks_and_fixed_ips(
         name = obj.metadata.name
         try:
             plain = ipaddress.ip_address(_addr(n.call(0, "ADD", name, "ex-0", network="rail0")))
-            assert plain in ipaddress.ip_network("172.30.0.0/26") and int(plain) > int(ipaddress.ip_address("172.30.0.15"))
+            assert plain in ipaddress.ip_network("172.30.0.0/16")
+            assert not ipaddress.ip_address("172.30.255.1") <= plain <= ipaddress.ip_address("172.30.255.254")
+            assert not ipaddress.ip_address("172.30.0.2") <= plain <= ipaddress.ip_address("172.30.0.15")  # excluded
             cm = core.create_namespaced_config_map(namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="ss")))
             ref = client.V1OwnerReference(api_version="v1", kind="ConfigMap", name="ss", uid=cm.metadata.uid,
                                           controller=True)
