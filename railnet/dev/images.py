@@ -33,8 +33,8 @@ from typing import Any, Final
 
 PAUSE_IMAGE: Final = "registry.k8s.io/pause:3.10.2"  # containerd v2.4.2's default sandbox image
 TESTBOX_SUITE: Final = "bookworm"
-TESTBOX_PACKAGES: Final = ("iproute2", "python3-minimal", "procps")
-TESTBOX_KEY: Final = hashlib.sha256(f"v1 {TESTBOX_SUITE} {' '.join(TESTBOX_PACKAGES)}".encode()).hexdigest()[:10]
+TESTBOX_PACKAGES: Final = ("iproute2", "python3", "procps")  # python3-minimal lacks http.*
+TESTBOX_KEY: Final = hashlib.sha256(f"v2 {TESTBOX_SUITE} {' '.join(TESTBOX_PACKAGES)}".encode()).hexdigest()[:10]
 TESTBOX_IMAGE: Final = f"railnet.local/testbox:{TESTBOX_KEY}"
 
 Log = Callable[[str], None]

@@ -229,6 +229,53 @@ def install_cni(lay: Layout, pod_cidr: str) -> None:
     (lay.cni_conf / "10-railnet-primary.conflist").write_text(json.dumps(conflist, indent=2) + "\n")
 
 
+_RUNC_WRAPPER: Final = """#!/usr/bin/python3
+# Written by railnet.dev.node. This machine's root lacks CAP_SYS_RESOURCE, so runc cannot lower
+# oom_score_adj (kubelet asks -998 for sandboxes, -997 for Guaranteed pods) and every container fails with
+# "nsexec: failed to update /proc/self/oom_score_adj: Permission denied". Clamp the value to our own.
+import json, os, sys
+RUNC = {runc!r}
+args = sys.argv[1:]
+def clamp(path, key_path):
+    try:
+        with open(path) as fh:
+            spec = json.load(fh)
+    except OSError:
+        return
+    proc = spec
+    for key in key_path:
+        proc = proc.get(key) if isinstance(proc, dict) else None
+    floor = int(open("/proc/self/oom_score_adj").read())
+    if isinstance(proc, dict) and proc.get("oomScoreAdj", floor) < floor:
+        proc["oomScoreAdj"] = floor
+        with open(path, "w") as fh:
+            json.dump(spec, fh)
+for flag, keys in (("--bundle", ("process",)), ("-b", ("process",)), ("--process", ()), ("-p", ())):
+    if flag in args[:-1]:
+        target = args[args.index(flag) + 1]
+        clamp(os.path.join(target, "config.json") if keys else target, keys)
+os.execv(RUNC, [RUNC, *args])
+"""
+
+
+def _cap_sys_resource() -> bool:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) & (1 << 24))
+    return True
+
+
+def write_runc_wrapper(lay: Layout) -> str:
+    """The runc containerd runs: Debian's, or a clamping wrapper where CAP_SYS_RESOURCE is missing."""
+    runc = _find_runc()
+    if _cap_sys_resource():
+        return runc
+    wrapper = lay.dir / "runc"
+    wrapper.write_text(_RUNC_WRAPPER.format(runc=runc))
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
 def containerd_config(lay: Layout) -> str:
     root, state = lay.dir / "containerd" / "root", lay.dir / "containerd" / "state"
     return f"""version = 3
@@ -258,7 +305,7 @@ state = "{state}"
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
       [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
-        BinaryName = "{_find_runc()}"
+        BinaryName = "{write_runc_wrapper(lay)}"
         Root = "{state}/runc"
         SystemdCgroup = false
   [plugins.'io.containerd.cri.v1.runtime'.cni]
