@@ -98,7 +98,7 @@ class Events:
 
 class Binder:
     def __init__(self, api: KubeApi, cache: SchedulerCache, metrics: Metrics, events: Events,
-                 is_leader: Callable[[], bool], workers: int = 16) -> None:
+                 is_leader: Callable[[], bool], workers: int = 64) -> None:
         self.api, self.cache, self.metrics, self.events, self.is_leader = api, cache, metrics, events, is_leader
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bind")
         self.in_flight = 0

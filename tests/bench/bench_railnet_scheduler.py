@@ -13,7 +13,7 @@ before the next, so every phase starts on an empty cluster:
   p50 / p99.
 
 kube-scheduler schedules pods with the default schedulerName; ``railnet scheduler`` runs as its own
-process (leader election on, 16 bind workers) and takes pods whose schedulerName is ``railnet``.
+process (leader election on, 64 bind workers) and takes pods whose schedulerName is ``railnet``.
 Both see the same nodes and the same API server; kube-scheduler stays running (idle) during the
 railnet phases and the railnet scheduler stays running (idle) during the kube-scheduler phases.
 With ``--gangs N``: N PodGroups of 8 pods x 8 GPUs (railnet only; stock kube-scheduler has no gangs),
@@ -139,9 +139,19 @@ def create(cluster: DevCluster, namespace: str, pods: list[dict[str, Any]], work
     return created
 
 
-def delete_all(cluster: DevCluster, namespace: str, timeout: float) -> None:
+def delete_all(cluster: DevCluster, namespace: str, names: list[str], timeout: float, workers: int = 16) -> None:
+    """Force-delete the phase's pods from 16 connections (deletecollection is serial in the API server)."""
     api = cluster.api()
-    api.request("DELETE", f"/api/v1/namespaces/{namespace}/pods?gracePeriodSeconds=0", timeout=300)
+    local = threading.local()
+
+    def delete(name: str) -> None:
+        if not hasattr(local, "conn"):
+            local.conn = _conn(cluster)
+        local.conn.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}?gracePeriodSeconds=0")
+        local.conn.getresponse().read()
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(delete, names))
     deadline = time.monotonic() + timeout
     while api.get(f"/api/v1/namespaces/{namespace}/pods?limit=1")["items"]:
         if time.monotonic() > deadline:
@@ -189,7 +199,7 @@ def phase(cluster: DevCluster, name: str, pods: list[dict[str, Any]], pid: int, 
                    latency_max_s=round(max(lat), 3))
     out["watch_reconnects"] = follower.reconnects
     t_del = time.monotonic()
-    delete_all(cluster, name, timeout)
+    delete_all(cluster, name, list(created), timeout)
     out["delete_s"] = round(time.monotonic() - t_del, 1)
     return out
 
@@ -226,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gangs", type=int, default=0, help="PodGroups of 8 x 8-GPU pods (0: skip)")
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--order", default="kube,railnet", help="which scheduler's phases run first")
     args = parser.parse_args(argv)
 
     k8sbin.build()
@@ -250,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
              "--log-level=warning"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         try:
             kube_pid = int(cluster.state()["processes"]["kube-scheduler"]["pid"])
-            for sched, pid in (("kube", kube_pid), ("railnet", railnet.pid)):
+            pids = {"kube": kube_pid, "railnet": railnet.pid}
+            for sched in args.order.split(","):
+                pid = pids[sched]
                 for mode in ("backlog", "arrival"):
                     name = f"{sched}-{mode}"
                     print(f"==> phase {name}", flush=True)
