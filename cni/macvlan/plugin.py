@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import errno
 import logging
-import re
 import socket
 import threading
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError
 from pyroute2 import IPRoute
 
 from cni import faults
@@ -36,7 +35,7 @@ from cni.spec.errors import (
     NOT_AVAILABLE,
     CniError,
 )
-from cni.spec.model import WireModel
+from cni.spec.model import MacAddress, WireModel, is_mac
 from cni.spec.request import CniRequest
 from cni.spec.rollback import Rollback
 from cni.spec.versions import canonical_result
@@ -44,7 +43,6 @@ from ipam.config import validation_error
 from ipam.plugin import valid_attachments
 
 log = logging.getLogger("railnet.macvlan")
-_MAC = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
 
 class MacvlanConf(WireModel):
     """The network config (camelCase on the wire: pciAddress, rdmaDevice, policyRouting, ...).
@@ -60,7 +58,7 @@ class MacvlanConf(WireModel):
     rdma_device: str | None = None
     mode: Literal["bridge", "private", "vepa", "passthru"] = "bridge"
     mtu: int | None = Field(default=None, ge=68, le=65535)
-    mac: str | None = None
+    mac: MacAddress | None = None
     ipam: dict[str, Any] | None = None
     policy_routing: bool = True
     route_table_base: int = Field(default=1000, ge=1, le=0x7FFF0000)
@@ -68,16 +66,9 @@ class MacvlanConf(WireModel):
     runtime_config: dict[str, Any] = Field(default_factory=dict)
     prev_result: dict[str, Any] | None = None
 
-    @field_validator("mac")
-    @classmethod
-    def _mac(cls, v: str | None) -> str | None:
-        if v is not None and not _MAC.fullmatch(v):
-            raise ValueError(f"mac {v!r} is not a MAC address like 02:00:00:00:00:01")
-        return v
-
     def wanted_mac(self) -> str | None:
         mac = self.runtime_config.get("mac") or self.mac  # the 'mac' capability wins over the config
-        if mac is not None and not _MAC.fullmatch(str(mac)):
+        if mac is not None and not is_mac(str(mac)):
             raise CniError(INVALID_CONFIG, f"runtimeConfig.mac {mac!r} is not a MAC address")
         if mac and self.mode == "passthru":
             # A passthru macvlan shares the NIC's MAC; setting one would rewrite the host NIC's address.

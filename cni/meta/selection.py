@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from cni.spec.errors import INVALID_CONFIG, CniError
-from cni.spec.model import WireModel
+from cni.spec.model import MacAddress, WireModel
 from cni.spec.request import validate_ifname
 
 NETWORKS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
@@ -28,7 +28,6 @@ DEFAULT_NETWORK_ANNOTATION = "v1.multus-cni.io/default-network"
 # Kubernetes object names: a NAD name is a DNS-1123 subdomain, a namespace a DNS-1123 label.
 _SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_MAC = re.compile(r"([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}")
 
 
 def _bad(what: str, details: str) -> CniError:
@@ -56,7 +55,7 @@ class NetworkSelection(WireModel):
     namespace: str | None = None
     interface: str | None = None
     ips: list[str] = Field(default_factory=list)
-    mac: str | None = None
+    mac: MacAddress | None = None
     default_route: list[str] = Field(default_factory=list, alias="default-route")
     cni_args: dict[str, Any] | None = Field(default=None, alias="cni-args")
     bandwidth: dict[str, Any] | None = None
@@ -102,13 +101,6 @@ class NetworkSelection(WireModel):
                 ipaddress.ip_address(item)
             except ValueError:
                 raise ValueError(f"default-route entry {item!r} is not a gateway address") from None
-        return v
-
-    @field_validator("mac")
-    @classmethod
-    def _mac(cls, v: str | None) -> str | None:
-        if v is not None and not _MAC.fullmatch(v):
-            raise ValueError(f"mac {v!r} is not a MAC address like 02:00:00:00:00:01")
         return v
 
     @property

@@ -7,8 +7,26 @@ is camelCase, produced by the alias generator. Read with `model_validate`, write
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
+
+_MAC = re.compile(r"([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}")
+
+
+def is_mac(text: str) -> bool:
+    return _MAC.fullmatch(text) is not None
+
+
+def _check_mac(value: str) -> str:
+    if not is_mac(value):
+        raise ValueError(f"mac {value!r} is not a MAC address like 02:00:00:00:00:01")
+    return value
+
+
+MacAddress = Annotated[str, AfterValidator(_check_mac)]  # a config field holding a MAC address
 
 
 class WireModel(BaseModel):
