@@ -185,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
                              "the API whose netns is gone too; 0 = off (default %(default)s)")
     parser.add_argument("--reconcile-min-age", type=float, default=60.0,
                         help="attachments younger than this are never reconciled (default %(default)s)")
+    parser.add_argument("--publish-topology", type=float, default=0.0, metavar="SECONDS",
+                        help="with --kubeconfig: publish this node's NodeTopology (from --sysfs) at start and "
+                             "every SECONDS (default 0: off)")
     parser.add_argument("--workers", type=int, default=8, help="concurrent CNI requests (default %(default)s)")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
@@ -205,6 +208,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"railnet agent: {exc}; stop it first (one agent per node)", file=sys.stderr)
         return 1
 
+    topology = None
+    if args.kubeconfig is not None and args.publish_topology > 0:
+        from netmanager.topology_loop import TopologyPublisher
+
+        topology = TopologyPublisher(args.kubeconfig, args.node_name, args.sysfs, args.publish_topology)
+        topology.start()
+
     def stop(signum: int, _frame: object) -> None:
         log.info("stopping", extra={"fields": {"signal": signal.Signals(signum).name}})
         server.stop()
@@ -215,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                                           "workers": args.workers}})
     server.serve_forever()
     server.shutdown()  # waits for in-flight requests, removes our socket
+    if topology is not None:
+        topology.stop()
     agent.close()
     lock.close()
     log.info("stopped")
