@@ -37,27 +37,30 @@ class KubePods:
         self.core = k8s.client.CoreV1Api(self.client)
         self.custom = k8s.client.CustomObjectsApi(self.client)
 
-    def pod(self, namespace: str, name: str) -> Pod | None:
+    @staticmethod
+    def _get(call: Any, what: str, *args: Any) -> Any:
+        """One GET; None when the object does not exist, a CniError for any other failure."""
         try:
-            obj = self.core.read_namespaced_pod(name, namespace, _request_timeout=TIMEOUT)
+            return call(*args, _request_timeout=TIMEOUT)
         except ApiException as exc:
             if exc.status == 404:
                 return None
-            raise _failure(exc, f"get pod {namespace}/{name}") from None
+            raise _failure(exc, what) from None
         except (HTTPError, OSError) as exc:
-            raise _failure(exc, f"get pod {namespace}/{name}") from None
+            raise _failure(exc, what) from None
+
+    def pod(self, namespace: str, name: str) -> Pod | None:
+        obj = self._get(self.core.read_namespaced_pod, f"get pod {namespace}/{name}", name, namespace)
+        if obj is None:
+            return None
         meta = obj.metadata
         return Pod(namespace, name, str(meta.uid), dict(meta.annotations or {}))
 
     def nad(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            obj = self.custom.get_namespaced_custom_object(*NAD[:2], namespace, NAD[2], name, _request_timeout=TIMEOUT)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise _failure(exc, f"get NetworkAttachmentDefinition {namespace}/{name}") from None
-        except (HTTPError, OSError) as exc:
-            raise _failure(exc, f"get NetworkAttachmentDefinition {namespace}/{name}") from None
+        obj = self._get(self.custom.get_namespaced_custom_object,
+                        f"get NetworkAttachmentDefinition {namespace}/{name}", *NAD[:2], namespace, NAD[2], name)
+        if obj is None:
+            return None
         spec = obj.get("spec") if isinstance(obj, dict) else None
         return dict(spec) if isinstance(spec, dict) else {}
 
