@@ -49,6 +49,8 @@ class PodState:
     annotation: str | None
     created: str
     priority: int
+    quota_label: str | None = None  # quota.scheduling.koordinator.sh/name
+    deleting: bool = False  # metadata.deletionTimestamp is set (e.g. evicted)
 
     @classmethod
     def of(cls, obj: Mapping[str, Any], scheduler_name: str, gpu: str, rdma: Sequence[str]) -> PodState:
@@ -62,6 +64,8 @@ class PodState:
             constraints=objects.constraints_of(obj), gang=objects.gang_of(obj),
             annotation=(meta.get("annotations") or {}).get(objects.ALLOCATION_ANNOTATION),
             created=meta.get("creationTimestamp", ""), priority=int(spec.get("priority") or 0),
+            quota_label=(meta.get("labels") or {}).get(objects.QUOTA_NAME_LABEL) or None,
+            deleting=bool(meta.get("deletionTimestamp")),
         )
 
 
@@ -88,6 +92,7 @@ class SchedulerCache:
         self.pods: dict[str, PodState] = {}
         self.waiting: set[str] = set()  # our pods without a node (assumed ones included)
         self.podgroups: dict[str, JSON] = {}
+        self.quotas: dict[str, JSON] = {}  # ElasticQuotas by "namespace/name"
         self.cluster = Cluster([], domain_keys)
         self.dirty = True
         self.assumed: dict[str, tuple[str, Allocation]] = {}  # pod -> (node name, allocation)
@@ -164,6 +169,21 @@ class SchedulerCache:
                 self.podgroups[key] = obj
             self._bump()
 
+    def replace_quotas(self, items: list[JSON]) -> None:
+        with self.lock:
+            self.quotas = {f"{i['metadata']['namespace']}/{i['metadata']['name']}": i for i in items}
+            self._bump(freed=True)
+
+    def on_quota(self, kind: str, obj: JSON) -> None:
+        key = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
+        with self.lock:
+            old = self.quotas.pop(key, None)
+            if kind != "DELETED":
+                self.quotas[key] = obj
+            # a new min/max may let waiting pods in; a status write (ours) changes nothing to retry
+            self._bump(freed=old is None or old.get("spec") != obj.get("spec")
+                       or old["metadata"].get("labels") != obj["metadata"].get("labels"))
+
     def replace_pods(self, items: list[JSON]) -> None:
         with self.lock:
             for key in set(self.pods) - {objects.pod_key(p) for p in items}:
@@ -189,7 +209,8 @@ class SchedulerCache:
                 # A bound pod's requests are immutable: skip re-parsing them (most events are
                 # status updates of bound pods).
                 state = replace(old, rv=_rv(meta), node=node,
-                                annotation=(meta.get("annotations") or {}).get(objects.ALLOCATION_ANNOTATION))
+                                annotation=(meta.get("annotations") or {}).get(objects.ALLOCATION_ANNOTATION),
+                                deleting=bool(meta.get("deletionTimestamp")))
             else:
                 state = PodState.of(obj, self.scheduler_name, self.gpu, self.rdma)
             if old is not None and old.uid != state.uid:

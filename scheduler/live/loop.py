@@ -24,13 +24,16 @@ from collections.abc import Callable
 from typing import Any
 
 from scheduler.gang import plan_gang
-from scheduler.live import allocation, explain, gangs, logs
+from scheduler.live import allocation, explain, gangs, logs, quotas
 from scheduler.live.binder import Binder, Decision, Events
 from scheduler.live.cache import SchedulerCache
+from scheduler.live.evictor import Evictor
 from scheduler.live.kubeapi import KubeApi, endpoint_from_config
 from scheduler.live.leader import LeaderElector
 from scheduler.live.metrics import Metrics
+from scheduler.live.quota_status import QuotaStatusWriter
 from scheduler.live.reflector import Reflector
+from scheduler.quota import Verdict
 from scheduler.view import ClusterView
 
 log = logging.getLogger("railnet.scheduler")
@@ -46,6 +49,8 @@ class Scheduler:
         self.binder = Binder(api, cache, metrics, Events(api, _pool(4), cache.scheduler_name), is_leader,
                              bind_workers)
         self.events = self.binder.events
+        self.evictor = Evictor(api, self.events, _pool(4))
+        self.quota_status = QuotaStatusWriter(api, self.events, _pool(2))
         self.stop = threading.Event()
         self.reflectors: list[Reflector] = []
         self._gang_first_fail: dict[str, float] = {}
@@ -60,6 +65,7 @@ class Scheduler:
              c.replace_pods, c.on_pod),
             ("nodetopologies", TOPOLOGIES, c.replace_topologies, c.on_topology),
             ("podgroups", PODGROUPS, c.replace_podgroups, c.on_podgroup),
+            ("elasticquotas", quotas.ELASTIC_QUOTAS, c.replace_quotas, c.on_quota),
         ]
         for name, path, replace, on_event in specs:
             reflector = Reflector(self.api, path, replace, on_event, self.stop, name=name)
@@ -88,6 +94,9 @@ class Scheduler:
             holding = set(cache.cluster.allocations)
             units = gangs.collect(cache.pending(now), cache.pods, cache.podgroups, holding)
             self.metrics.set("pending", sum(len(u.pods) for u in units))
+            book = quotas.build(cache, ((u.key, u.pods) for u in units if not u.problem)) if cache.quotas else None
+            if book is not None and not self.dry_run:
+                self.quota_status.sync(cache.quotas, book)
             done = 0
             for unit in units:
                 if done >= MAX_UNITS_PER_CYCLE:
@@ -96,17 +105,26 @@ class Scheduler:
                 if failed and failed[0] == cache.freed and failed[1] > now:
                     continue
                 done += 1
-                decisions += self._schedule(unit, now)
+                decisions += self._schedule(unit, now, book)
         if not self.dry_run:
             for decision in decisions:
                 self.binder.submit(decision)
         return decisions
 
-    def _schedule(self, unit: gangs.Unit, now: float) -> list[Decision]:
+    def _schedule(self, unit: gangs.Unit, now: float, book: quotas.QuotaBook | None = None) -> list[Decision]:
         cache = self.cache
         if unit.problem:
             self._fail(unit, "FailedScheduling", unit.problem, now)
             return []
+        if book is not None:
+            admission = book.admit(unit.key, unit.pods)
+            if admission.verdict is Verdict.RECLAIM:
+                self._reclaim(unit, admission, book)
+                self._fail(unit, "WaitingForQuotaReclaim", admission.message, now)
+                return []
+            if admission.verdict is not Verdict.ADMIT:
+                self._fail(unit, "FailedScheduling", admission.message, now)
+                return []
         t0 = time.monotonic()
         gang = unit.core_gang()
         view = ClusterView(cache.cluster)
@@ -138,6 +156,8 @@ class Scheduler:
             return []
         view.commit()
         cache.assume(plan.allocations)
+        if book is not None:
+            book.start(unit.key)
         self._unit_fail.pop(unit.key, None)
         self._gang_first_fail.pop(unit.key, None)
         by_key = {p.key: p for p in unit.pods}
@@ -148,6 +168,19 @@ class Scheduler:
                                    .topology.n_gpus and node in cache.topologies else None, unit.gang)
             out.append(Decision(by_key[alloc.pod], node, ann.to_annotation(), time.monotonic()))
         return out
+
+    def _reclaim(self, unit: gangs.Unit, admission: quotas.Admission, book: quotas.QuotaBook) -> None:
+        """Evict whole victim jobs (gangs) that borrow what ``unit``'s quota asks back."""
+        for victim in admission.victims:
+            message = (f"evicted: quota {admission.quota} reclaims what {victim} borrowed"
+                       f" (for {unit.key}); whole gang evicted")
+            for key in book.job_pods.get(victim, []):
+                pod = self.cache.pods.get(key)
+                if pod is None:
+                    continue
+                log.info("reclaim", extra={"victim": key, "for": unit.key, "quota": admission.quota})
+                if not self.dry_run:
+                    self.evictor.evict(pod, message)
 
     def _fail(self, unit: gangs.Unit, reason: str, message: str, now: float) -> None:
         previous = self._unit_fail.get(unit.key)

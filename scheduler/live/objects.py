@@ -26,6 +26,7 @@ POD_GROUP_LABEL = "scheduling.x-k8s.io/pod-group"
 KOORD_GANG_NAME = "gang.scheduling.koordinator.sh/name"
 KOORD_GANG_MIN = "gang.scheduling.koordinator.sh/min-available"
 KOORD_GANG_WAIT = "gang.scheduling.koordinator.sh/waiting-time"
+QUOTA_NAME_LABEL = "quota.scheduling.koordinator.sh/name"  # Koordinator: a pod names its ElasticQuota
 UNSCHEDULABLE_TAINT = {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}
 
 _SUFFIX: dict[str, Decimal | int] = {
@@ -55,6 +56,9 @@ def _mib(text: str | int | float) -> int:
 
 def _count(text: str | int | float) -> int:
     return math.floor(quantity(text))
+
+
+cpu_milli, memory_mib, count = _milli, _mib, _count  # public names for quota amounts
 
 
 @dataclass(frozen=True)
