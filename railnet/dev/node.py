@@ -870,10 +870,29 @@ def _patch(api: Any, path: str, body: dict[str, Any]) -> None:
         raise NodeError(f"PATCH {path}: HTTP {exc.code}: {exc.read()[:300]!r}") from None
 
 
-def restart(cluster: Any, names: tuple[str, ...]) -> None:
-    """Start recorded node processes again with their recorded command lines (after a crash or kill)."""
+def restart(cluster: Any, names: tuple[str, ...], timeout: float = 60) -> None:
+    """Start recorded node processes again with their recorded command lines (after a crash or kill).
+
+    Each one is waited for before the next starts, as a service manager orders them: a kubelet started
+    before containerd answers on its socket exits at once ("validate CRI v1 runtime API").
+    """
+    from railnet.dev.devcluster import _alive
+
     state = cluster.state()
+    lay = Layout(cluster.dir, cluster.name)
     bins = k8sbin.bin_dir()
     env = {**os.environ, "PATH": f"{bins}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"}
+    deadline = time.monotonic() + timeout
+    probes: dict[str, Callable[[], bool]] = {
+        "containerd": lambda: lay.socket.exists() and crictl(lay, "info").returncode == 0,
+        "kubelet": functools.partial(_http_ok, f"http://127.0.0.1:{_kubelet_healthz(lay)}/healthz"),
+    }
     for name in names:
         cluster._spawn(state, name, state["processes"][name]["argv"], env=env)
+        proc = state["processes"][name]
+        _wait(f"{name} after a restart", probes.get(name, lambda: True), deadline,
+              lambda p=proc: _alive(int(p["pid"]), p.get("start")), lambda n=name: str(cluster.log_tail(n)))
+
+
+def _kubelet_healthz(lay: Layout) -> int:
+    return int(json.loads((lay.dir / "kubelet.yaml").read_text())["healthzPort"])
