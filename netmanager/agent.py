@@ -96,7 +96,7 @@ def lock_state_dir(state_dir: Path) -> IO[str]:
 class Agent:
     def __init__(self, state_dir: Path, pools_dir: Path | None, sysfs: Path, kubeconfig: Path | None = None,
                  node_name: str = "", block_grace: float = 30.0, reconcile_interval: float = 60.0,
-                 reconcile_min_age: float = 60.0) -> None:
+                 reconcile_min_age: float = 60.0, meta_cache: bool = True) -> None:
         db = Database(state_dir / "railnet.db")
         self.attachments = AttachmentStore(db)
         store = IpamStore(db)
@@ -120,16 +120,24 @@ class Agent:
                 self.reconciler = Reconciler(self.cluster, self.container, interval=reconcile_interval,
                                              min_age=reconcile_min_age)
                 self.reconciler.start()
-        pods = None
+        pods: Any = None
+        self.meta_cache: Any = None
         if kubeconfig is not None:  # the meta plugin reads pods and NADs, and writes network-status
             from cni.meta.kube import KubePods
 
             pods = KubePods(kubeconfig)
+            if meta_cache and node_name:  # watch this node's pods and the NADs; GET only on a miss
+                from cni.meta.cache import MetaCache
+
+                pods = self.meta_cache = MetaCache.from_kubeconfig(kubeconfig, node_name)
+                self.meta_cache.start()
         self.dispatcher = Dispatcher(IpamService(store, PoolRegistry(pools_dir), self.cluster), self.attachments,
                                      sysfs, pods=pods)
 
     def close(self) -> None:
-        """Stop the cluster store's threads (publishing block status, the IPPool watch)."""
+        """Stop the cluster store's threads (publishing block status, the IPPool watch, the meta caches)."""
+        if self.meta_cache is not None:
+            self.meta_cache.stop()
         if self.reconciler is not None:
             self.reconciler.stop()
         if self.publisher is not None:
@@ -188,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--publish-topology", type=float, default=0.0, metavar="SECONDS",
                         help="with --kubeconfig: publish this node's NodeTopology (from --sysfs) at start and "
                              "every SECONDS (default 0: off)")
+    parser.add_argument("--no-meta-cache", dest="meta_cache", action="store_false",
+                        help="with --kubeconfig: the meta plugin GETs the pod and its NADs on every ADD instead "
+                             "of reading this node's pod and NAD watch caches (for comparison)")
     parser.add_argument("--workers", type=int, default=8, help="concurrent CNI requests (default %(default)s)")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
@@ -202,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         lock = lock_state_dir(args.state_dir)
         agent = Agent(args.state_dir, args.pools_dir, args.sysfs, args.kubeconfig, args.node_name,
-                      args.block_grace, args.reconcile_interval, args.reconcile_min_age)
+                      args.block_grace, args.reconcile_interval, args.reconcile_min_age, args.meta_cache)
         server = Server(args.socket, agent.serve_one, workers=max(1, args.workers))
     except (StateDirBusy, SocketInUse) as exc:
         print(f"railnet agent: {exc}; stop it first (one agent per node)", file=sys.stderr)

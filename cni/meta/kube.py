@@ -1,7 +1,7 @@
 """The meta plugin's view of the cluster through the API server: pods, NADs, network-status.
 
-Reads are direct GETs with short timeouts (the agent's watch caches, planned, will answer first and
-fall back to these on a miss). Failures that a retry may cure become error 11 (try again later).
+Reads are direct GETs with short timeouts; the agent's watch caches (cni.meta.cache) answer first
+and fall back to these on a miss. Failures that a retry may cure become error 11 (try again later).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class KubePods:
         except (HTTPError, OSError) as exc:
             raise _failure(exc, what) from None
 
-    def pod(self, namespace: str, name: str) -> Pod | None:
+    def pod(self, namespace: str, name: str, uid: str = "", fresh: bool = False) -> Pod | None:
         obj = self._get(self.core.read_namespaced_pod, f"get pod {namespace}/{name}", name, namespace)
         if obj is None:
             return None

@@ -70,7 +70,11 @@ class Pod:
 class PodSource(Protocol):
     """What the meta plugin reads from (and writes to) the cluster; the agent's caches implement it."""
 
-    def pod(self, namespace: str, name: str) -> Pod | None: ...
+    def pod(self, namespace: str, name: str, uid: str = "", fresh: bool = False) -> Pod | None:
+        """The pod; `uid` is the one being set up (a cache holding another UID must ask again),
+        `fresh` asks past any cache."""
+        ...
+
     def nad(self, namespace: str, name: str) -> dict[str, Any] | None: ...  # the NAD's spec, None if absent
     def set_network_status(self, pod: Pod, value: str) -> None: ...
 
@@ -156,10 +160,10 @@ class MetaPlugin:
         if self.source is None:
             raise CniError(INVALID_CONFIG, "the railnet agent has no cluster access",
                            "run the agent with --kubeconfig so the meta plugin can read pods and NADs")
-        pod = self.source.pod(namespace, name)
+        uid = req.args.get("K8S_POD_UID", "")
+        pod = self.source.pod(namespace, name, uid)
         if pod is None:
             raise CniError(UNKNOWN_CONTAINER, f"pod {namespace}/{name} does not exist")
-        uid = req.args.get("K8S_POD_UID", "")
         if uid and pod.uid != uid:
             raise CniError(UNKNOWN_CONTAINER, f"pod {namespace}/{name} is not the pod being set up",
                            f"the sandbox is for pod UID {uid}, the API has UID {pod.uid} (re-created pod)")
@@ -190,6 +194,9 @@ class MetaPlugin:
                 chain = {**chain, "plugins": [{**p, "args": {"cni": sel.cni_args}} for p in chain["plugins"]]}
             chain = with_capabilities(chain, sel.runtime_config())
             if chain["plugins"][0].get("rail") == "auto":
+                if ALLOCATION_ANNOTATION not in pod.annotations and self.source is not None:
+                    # a cached copy may predate the scheduler's write of the allocation: ask once more
+                    pod = self.source.pod(pod.namespace, pod.name, pod.uid, fresh=True) or pod
                 plan += [Delegate(sel.key, ifname, rail_chain, False)
                          for ifname, rail_chain in rails_of(chain, sel, pod)]
             else:

@@ -24,8 +24,13 @@ class FakeCluster:
         self._pod = pod
         self.nads = nads
         self.status: dict[str, str] = {}
+        self.fresh_pod: Pod | None = None  # what a read past the cache returns, when set
+        self.fresh_reads = 0
 
-    def pod(self, namespace: str, name: str) -> Pod | None:
+    def pod(self, namespace: str, name: str, uid: str = "", fresh: bool = False) -> Pod | None:
+        if fresh:
+            self.fresh_reads += 1
+            return self.fresh_pod or self._pod
         return self._pod
 
     def nad(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -237,3 +242,22 @@ def test_rail_auto_without_an_allocation_names_the_annotation(tmp_path: Path, co
         meta.add(request("ADD", meta_conf(conf_dir)))
     assert exc.value.code == errors.INVALID_CONFIG and "railnet.io/allocation" in exc.value.details
     assert run.calls == [] and store.get("c1", "eth0") is None
+
+
+def test_rail_auto_reads_the_pod_again_when_the_cached_copy_has_no_allocation(tmp_path: Path,
+                                                                              conf_dir: Path) -> None:
+    """The cache may hold the pod from before the scheduler wrote its allocation."""
+    from scheduler.live.allocation import GpuRef, NicRef, PodAllocation, Rail
+
+    allocation = PodAllocation(node="n1", topology_known=True, gpus=[GpuRef(index=0)],
+                               nics=[NicRef(index=2, name="ens2np0")],
+                               rails=[Rail(rail=0, gpu=0, nic=2, tier=1, tier_name="SAME_SWITCH")])
+    stale = Pod("ml", "trainer-0", "u1", {"k8s.v1.cni.cncf.io/networks": "rails"})
+    cluster = FakeCluster(stale, {"ml/rails": nad("railnet-macvlan", rail="auto")})
+    cluster.fresh_pod = Pod("ml", "trainer-0", "u1", {**stale.annotations,
+                                                      "railnet.io/allocation": allocation.to_annotation()})
+    run = Recorder()
+    meta, _ = plugin(tmp_path, cluster, run)
+    meta.add(request("ADD", meta_conf(conf_dir)))
+    assert cluster.fresh_reads == 1
+    assert ("railnet-macvlan", "ADD", "rail0") in run.calls
