@@ -172,8 +172,8 @@ class Scheduler:
     def _reclaim(self, unit: gangs.Unit, admission: quotas.Admission, book: quotas.QuotaBook) -> None:
         """Evict whole victim jobs (gangs) that borrow what ``unit``'s quota asks back."""
         for victim in admission.victims:
-            message = (f"evicted: quota {admission.quota} reclaims what {victim} borrowed"
-                       f" (for {unit.key}); whole gang evicted")
+            message = (f"quota {admission.quota} reclaims what {victim} borrowed (for {unit.key});"
+                       " the whole gang is evicted")
             for key in book.job_pods.get(victim, []):
                 pod = self.cache.pods.get(key)
                 if pod is None:

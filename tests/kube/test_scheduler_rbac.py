@@ -55,6 +55,11 @@ def test_scheduler_may_do_what_it_uses(cluster: DevCluster, rbac: Any) -> None:
         ok(verb, "nodetopologies", group="railnet.io")
         ok(verb, "podgroups", group="scheduling.x-k8s.io", namespace="team-a")
     ok("create", "pods", subresource="binding", namespace="team-a")
+    ok("create", "pods", subresource="eviction", namespace="team-a")
+    for verb in ("list", "watch", "get"):
+        ok(verb, "elasticquotas", group="scheduling.x-k8s.io", namespace="team-a")
+    ok("update", "elasticquotas", group="scheduling.x-k8s.io", namespace="team-a", subresource="status")
+    ok("update", "podgroups", group="scheduling.x-k8s.io", namespace="team-a", subresource="status")
     ok("create", "events", namespace="team-a")
     ok("create", "leases", group="coordination.k8s.io", namespace="kube-system")
     ok("update", "leases", group="coordination.k8s.io", namespace="kube-system", name="railnet-scheduler")
@@ -74,6 +79,16 @@ def test_scheduler_may_not_do_anything_else(cluster: DevCluster, rbac: Any) -> N
     denied("create", "pods", namespace="team-a")
     denied("update", "leases", group="coordination.k8s.io", namespace="kube-system", name="kube-scheduler")
     denied("create", "nodetopologies", group="railnet.io")
+    # quota and gangs: status only, never the objects themselves; evictions only through the Eviction API
+    for verb in ("create", "update", "patch", "delete"):
+        denied(verb, "elasticquotas", group="scheduling.x-k8s.io", namespace="team-a")
+        denied(verb, "podgroups", group="scheduling.x-k8s.io", namespace="team-a")
+    denied("patch", "elasticquotas", group="scheduling.x-k8s.io", namespace="team-a", subresource="status")
+    denied("update", "pods", namespace="team-a", subresource="status")
+    denied("delete", "pods", namespace="team-a", subresource="eviction")
+    denied("deletecollection", "pods", namespace="team-a")
+    denied("create", "poddisruptionbudgets", group="policy", namespace="team-a")
+    denied("delete", "poddisruptionbudgets", group="policy", namespace="team-a")
 
 
 def test_topology_publisher_creates_updates_and_skips(api_client: client.ApiClient, railnet_crds: Any,
