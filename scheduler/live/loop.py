@@ -23,8 +23,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from scheduler.gang import plan_gang
-from scheduler.live import allocation, explain, gangs, logs, quotas
+from scheduler.gang import Gang, plan_gang
+from scheduler.live import allocation, explain, gangs, logs, quotas, reservation
 from scheduler.live.binder import Binder, Decision, Events
 from scheduler.live.cache import SchedulerCache
 from scheduler.live.evictor import Evictor
@@ -44,8 +44,12 @@ MAX_UNITS_PER_CYCLE = 2000  # let watch events in between long backlogs
 
 class Scheduler:
     def __init__(self, api: KubeApi, cache: SchedulerCache, metrics: Metrics, is_leader: Callable[[], bool],
-                 bind_workers: int = 64, dry_run: bool = False) -> None:
+                 bind_workers: int = 64, dry_run: bool = False, reserve: bool = True,
+                 hold_s: float = reservation.DEFAULT_HOLD_S) -> None:
         self.api, self.cache, self.metrics, self.is_leader, self.dry_run = api, cache, metrics, is_leader, dry_run
+        self.reserve, self.hold_s = reserve, hold_s
+        self.reservation: reservation.Reservation | None = None
+        self._no_reserve: dict[str, float] = {}  # unit -> monotonic time before which it may not reserve
         self.binder = Binder(api, cache, metrics, Events(api, _pool(4), cache.scheduler_name), is_leader,
                              bind_workers)
         self.events = self.binder.events
@@ -97,6 +101,7 @@ class Scheduler:
             book = quotas.build(cache, ((u.key, u.pods) for u in units if not u.problem)) if cache.quotas else None
             if book is not None and not self.dry_run:
                 self.quota_status.sync(cache.quotas, book)
+            self._check_reservation(units, now)
             done = 0
             for unit in units:
                 if done >= MAX_UNITS_PER_CYCLE:
@@ -135,6 +140,13 @@ class Scheduler:
             blocked.update(excluded)
             for k, v in why.items():
                 reasons[k] = max(reasons.get(k, 0), v)
+        own = set(blocked)  # what the unit's own constraints rule out
+        held = self.reservation
+        if held is not None and held.key != unit.key and unit.order > held.order:
+            reserved = [i for i in reservation.indices(cache.cluster, held) if i not in own]
+            if reserved:
+                blocked.update(reserved)
+                reasons[f"the reservation of {held.key}"] = len(reserved)
         for index in blocked:
             view.block(index)
         plan = plan_gang(view, gang)
@@ -146,6 +158,10 @@ class Scheduler:
             else:
                 message = explain.pod_reason(view, gang.members[0], sorted(blocked), reasons, cache.gpu, rdma)
             self.metrics.inc("unschedulable", kind="gang" if unit.gang else "pod")
+            if self._try_reserve(unit, gang, own, now):
+                assert self.reservation is not None
+                message += (f"; holding {len(self.reservation.nodes)} nodes as they free up"
+                            " (head of the queue)")
             self._fail(unit, "FailedScheduling", message, now)
             if unit.gang:
                 first = self._gang_first_fail.setdefault(unit.key, now)
@@ -155,6 +171,10 @@ class Scheduler:
                                "holding no devices, retrying", now)
             return []
         view.commit()
+        if self.reservation is not None and self.reservation.key == unit.key:
+            log.info("reservation used", extra={"unit": unit.key,
+                                                 "waited_s": round(now - self.reservation.since, 3)})
+            self.reservation = None
         cache.assume(plan.allocations)
         if book is not None:
             book.start(unit.key)
@@ -168,6 +188,34 @@ class Scheduler:
                                    .topology.n_gpus and node in cache.topologies else None, unit.gang)
             out.append(Decision(by_key[alloc.pod], node, ann.to_annotation(), time.monotonic()))
         return out
+
+    # -- head-of-line reservation (reservation.py) ---------------------------------------------------
+    def _check_reservation(self, units: list[gangs.Unit], now: float) -> None:
+        """Drop the reservation when its holder is gone or held it too long (then it may not re-reserve
+        for as long: a gang that never fits must not idle nodes forever)."""
+        held = self.reservation
+        if held is None:
+            return
+        if held.key not in {u.key for u in units}:
+            self.reservation = None
+        elif now - held.since > self.hold_s:
+            log.info("reservation expired", extra={"unit": held.key, "held_s": round(now - held.since, 1)})
+            self._no_reserve[held.key] = now + self.hold_s
+            self.reservation = None
+
+    def _try_reserve(self, unit: gangs.Unit, gang: Gang, own: set[int], now: float) -> bool:
+        """Make ``unit`` the holder if no unit ahead of it holds the reservation; True if it holds it."""
+        held = self.reservation
+        if not self.reserve or (held is not None and held.order <= unit.order):
+            return held is not None and held.key == unit.key
+        if self._no_reserve.get(unit.key, 0.0) > now:
+            return False
+        nodes = reservation.choose_nodes(self.cache.cluster, gang, own)
+        if not nodes:
+            return False
+        self.reservation = reservation.Reservation(unit.key, unit.order, nodes, now)
+        log.info("reserving", extra={"unit": unit.key, "nodes": sorted(nodes)})
+        return True
 
     def _reclaim(self, unit: gangs.Unit, admission: quotas.Admission, book: quotas.QuotaBook) -> None:
         """Evict whole victim jobs (gangs) that borrow what ``unit``'s quota asks back."""
@@ -243,6 +291,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="node label keys of the network domains, narrowest first")
     p.add_argument("--bind-workers", type=int, default=64, help="concurrent binds (measured: 64 ~2x 16)")
     p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics here (0: off)")
+    p.add_argument("--reservation", action=argparse.BooleanOptionalAction, default=True,
+                   help="the head of the queue holds nodes as they free up (starvation-free; see reservation.py)")
+    p.add_argument("--reservation-hold", type=float, default=reservation.DEFAULT_HOLD_S,
+                   help="seconds a unit may hold a reservation without being placed")
     p.add_argument("--dry-run", action="store_true", help="print what would be bound (JSON lines) and exit")
     p.add_argument("--log-level", default="info")
     return p.parse_args(argv)
@@ -260,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     elector = LeaderElector(api, args.lease_namespace, args.lease_name, args.identity, args.lease_duration,
                             args.renew_deadline, args.retry_period)
     leading = elector.is_leader if args.leader_elect and not args.dry_run else (lambda: True)
-    sched = Scheduler(api, cache, metrics, leading, args.bind_workers, dry_run=args.dry_run)
+    sched = Scheduler(api, cache, metrics, leading, args.bind_workers, dry_run=args.dry_run,
+                      reserve=args.reservation, hold_s=args.reservation_hold)
     sched.start_caches()
     if not sched.wait_synced():
         log.error("caches did not sync")
