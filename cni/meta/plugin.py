@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from pydantic import ConfigDict, Field, ValidationError
 
 from cni.attachments import AttachmentStore
+from cni.meta import routes
 from cni.meta.nad import from_conf_dir, from_nad
 from cni.meta.selection import (
     DEFAULT_NETWORK_ANNOTATION,
@@ -85,6 +86,7 @@ class Delegate:
     ifname: str
     conflist: dict[str, Any]
     default: bool
+    gateways: list[str] | None = None  # the selection's default-route (None: not asked)
 
 
 def parse_conf(config: dict[str, Any]) -> MetaConf:
@@ -197,15 +199,16 @@ class MetaPlugin:
                 if ALLOCATION_ANNOTATION not in pod.annotations and self.source is not None:
                     # a cached copy may predate the scheduler's write of the allocation: ask once more
                     pod = self.source.pod(pod.namespace, pod.name, pod.uid, fresh=True) or pod
-                plan += [Delegate(sel.key, ifname, rail_chain, False)
+                plan += [Delegate(sel.key, ifname, rail_chain, False, sel.default_route)
                          for ifname, rail_chain in rails_of(chain, sel, pod)]
             else:
-                plan.append(Delegate(sel.key, sel.interface, chain, False))
+                plan.append(Delegate(sel.key, sel.interface, chain, False, sel.default_route))
         names = [d.ifname for d in plan]
         duplicate = next((n for n in names if names.count(n) > 1), None)
         if duplicate:
             raise CniError(INVALID_CONFIG, f"interface {duplicate} is used twice",
                            "a rail: auto network names its interfaces <interface><rail>; rename the other one")
+        routes.check_requests([(d.network, d.gateways) for d in plan])
         return plan
 
     # ---- ADD ------------------------------------------------------------------------------------
@@ -217,7 +220,7 @@ class MetaPlugin:
         pod = self._pod(req)
         plan = self.plan(req, conf, pod)
         record = {"delegates": [{"network": d.network, "ifname": d.ifname, "conflist": d.conflist,
-                                 "default": d.default} for d in plan]}
+                                 "default": d.default, "gateways": d.gateways} for d in plan]}
         if not self.attachments.begin(req.container_id, req.ifname, conf.name, req.netns, record):
             raise CniError(INTERFACE_EXISTS, f"attachment {req.container_id}/{req.ifname} already exists",
                            "DEL it before adding it again")
@@ -237,12 +240,27 @@ class MetaPlugin:
                             errors.append(exc)
                 if errors:
                     raise errors[0]
+            self._default_route(req, plan, results)
             self.attachments.finish(req.container_id, req.ifname, {"results": results})
         if pod is not None and self.source is not None:
             self._write_status(pod, plan, results)
         primary = results[0]
         assert primary is not None
         return canonical_result(primary)
+
+    def _default_route(self, req: CniRequest, plan: list[Delegate], results: list[dict[str, Any] | None]) -> None:
+        """`default-route`: move the pod's default route (per family) to the selected network, and
+        edit the recorded results to match (CHECK then expects what the pod has)."""
+        if all(d.gateways is None for d in plan):
+            return
+        choices = routes.choose([(d.network, d.ifname, d.gateways) for d in plan],
+                                [canonical_result(r) if r is not None else {} for r in results])
+        routes.apply(req.netns, [d.ifname for d in plan], choices)
+        for choice in choices:  # `routes` has one shape in every result version this edits
+            for i, result in enumerate(results):
+                if result is not None:
+                    results[i] = routes.edit_result(result, choice.family,
+                                                    choice.gateway if i == choice.index else None)
 
     def _env(self, req: CniRequest, ifname: str) -> dict[str, str]:
         return {**req.env, "CNI_IFNAME": ifname}
@@ -278,7 +296,8 @@ class MetaPlugin:
         record = self.attachments.get(req.container_id, req.ifname)
         if record is None:
             return None
-        plan = [Delegate(d["network"], d["ifname"], d["conflist"], d["default"]) for d in record.config["delegates"]]
+        plan = [Delegate(d["network"], d["ifname"], d["conflist"], d["default"], d.get("gateways"))
+                for d in record.config["delegates"]]
         results = (record.result or {}).get("results") or [None] * len(plan)
         return plan, results
 

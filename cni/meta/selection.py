@@ -56,7 +56,7 @@ class NetworkSelection(WireModel):
     interface: str | None = None
     ips: list[str] = Field(default_factory=list)
     mac: MacAddress | None = None
-    default_route: list[str] = Field(default_factory=list, alias="default-route")
+    default_route: list[str] | None = Field(default=None, alias="default-route")  # None: not asked; []: its own gateway
     cni_args: dict[str, Any] | None = Field(default=None, alias="cni-args")
     bandwidth: dict[str, Any] | None = None
     port_mappings: list[dict[str, Any]] = Field(default_factory=list, alias="portMappings")
@@ -95,8 +95,8 @@ class NetworkSelection(WireModel):
 
     @field_validator("default_route")
     @classmethod
-    def _gateways(cls, v: list[str]) -> list[str]:
-        for item in v:
+    def _gateways(cls, v: list[str] | None) -> list[str] | None:
+        for item in v or []:
             try:
                 ipaddress.ip_address(item)
             except ValueError:
