@@ -534,7 +534,9 @@ class DevCluster:
             f"--tls-private-key-file={p / 'apiserver.key'}", f"--client-ca-file={p / 'ca.crt'}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={p / 'sa.pub'}", f"--service-account-signing-key-file={p / 'sa.key'}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}", "--authorization-mode=RBAC",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            # As a kubeadm cluster: kubelets are limited to their own node's objects.
+            "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
             "--allow-privileged=true", "--endpoint-reconciler-type=none", "--profiling=false",
             # A test cluster must not throttle its own clients (the benchmark creates pods in bulk).
             "--enable-priority-and-fairness=false", "--max-requests-inflight=0",

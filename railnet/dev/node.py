@@ -496,12 +496,23 @@ def shim_sockets(lay: Layout) -> list[Path]:
     return out
 
 
-def kubelet_pki(pki: Path, node_name: str) -> None:
-    """A client cert for the kubelet (and kube-proxy, CoreDNS): CN system:node:<name>, O system:masters.
+COREDNS_USER: Final = "system:railnet-dev:coredns"
 
-    The dev apiserver authorizes with RBAC only (no Node authorizer), so the node's identity gets the
-    admin group rather than a maze of bindings.
+
+def node_identities(node_name: str) -> dict[str, tuple[str, str | None]]:
+    """Each node component's client identity (CN, O): least privilege, as a kubeadm node has it.
+
+    The kubelet is a node (the API server's Node authorizer and NodeRestriction admission limit it to
+    its own Node, Lease and the pods bound to it); kube-proxy is the user the bootstrap
+    `system:node-proxier` binding names; CoreDNS gets only the reads in `coredns_rbac`.
     """
+    return {"kubelet": (f"system:node:{node_name}", "system:nodes"),
+            "kube-proxy": ("system:kube-proxy", None),
+            "coredns": (COREDNS_USER, None)}
+
+
+def client_cert(pki: Path, stem: str, cn: str, org: str | None) -> None:
+    """`<pki>/<stem>.crt` and `.key`: a client certificate signed by the cluster's CA."""
     import datetime
 
     from cryptography import x509
@@ -513,30 +524,59 @@ def kubelet_pki(pki: Path, node_name: str) -> None:
     ca = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
-    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters"),
-                         x509.NameAttribute(NameOID.COMMON_NAME, f"system:node:{node_name}")])
+    names = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org)] if org else []
+    subject = x509.Name([*names, x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=30))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
-    (pki / "node.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (pki / "node.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                     serialization.NoEncryption()))
-    (pki / "node.key").chmod(0o600)
+    (pki / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    keyfile = pki / f"{stem}.key"
+    keyfile.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    keyfile.chmod(0o600)
 
 
-def kubeconfig(server: str, pki: Path, user: str) -> str:
+def kubeconfig(server: str, pki: Path, user: str, stem: str) -> str:
     doc = {
         "apiVersion": "v1", "kind": "Config",
         "clusters": [{"name": "dev", "cluster": {"server": server, "certificate-authority": str(pki / "ca.crt")}}],
-        "users": [{"name": user, "user": {"client-certificate": str(pki / "node.crt"),
-                                          "client-key": str(pki / "node.key")}}],
+        "users": [{"name": user, "user": {"client-certificate": str(pki / f"{stem}.crt"),
+                                          "client-key": str(pki / f"{stem}.key")}}],
         "contexts": [{"name": "dev", "context": {"cluster": "dev", "user": user}}],
         "current-context": "dev",
     }
     return json.dumps(doc, indent=2) + "\n"
+
+
+def write_identities(lay: Layout, server: str, pki: Path) -> dict[str, Path]:
+    """A certificate and a kubeconfig per node component; returns the kubeconfig paths by component."""
+    paths = {}
+    for component, (cn, org) in node_identities(lay.node_name).items():
+        client_cert(pki, component, cn, org)
+        paths[component] = lay.dir / f"{component}.kubeconfig"
+        paths[component].write_text(kubeconfig(server, pki, cn, component))
+    return paths
+
+
+def coredns_rbac() -> list[tuple[str, dict[str, Any]]]:
+    """What CoreDNS's kubernetes plugin reads (list/watch), and nothing else."""
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": "railnet-dev:coredns"},
+        "rules": [{"apiGroups": [""], "resources": ["services", "pods", "namespaces"], "verbs": ["list", "watch"]},
+                  {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]}],
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "railnet-dev:coredns"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "railnet-dev:coredns"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": COREDNS_USER}],
+    }
+    return [("/apis/rbac.authorization.k8s.io/v1/clusterroles", role),
+            ("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", binding)]
 
 
 def crictl(lay: Layout, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -771,9 +811,7 @@ def start(cluster: Any, state: dict[str, Any], log: Log, deadline: float) -> Non
     before = snapshot_host(lay)
     t0 = time.monotonic()
     pki = cluster.pki
-    kubelet_pki(pki, lay.node_name)
-    kc = lay.dir / "kubeconfig"
-    kc.write_text(kubeconfig(state["server"], pki, f"system:node:{lay.node_name}"))
+    kubeconfigs = write_identities(lay, state["server"], pki)
     pod_cidr = pick_pod_cidr(lay.tag)
     ip = host_ip()
     state["node"] = {"name": lay.node_name, "dir": str(lay.dir), "pod_cidr": pod_cidr, "bridge": lay.bridge,
@@ -804,7 +842,7 @@ def start(cluster: Any, state: dict[str, Any], log: Log, deadline: float) -> Non
     port, healthz = _free_port(), _free_port()
     (lay.dir / "kubelet.yaml").write_text(json.dumps(kubelet_config(lay, pki, port, healthz), indent=2))
     cluster._spawn(state, "kubelet", [
-        str(bins / "kubelet"), f"--config={lay.dir / 'kubelet.yaml'}", f"--kubeconfig={kc}",
+        str(bins / "kubelet"), f"--config={lay.dir / 'kubelet.yaml'}", f"--kubeconfig={kubeconfigs['kubelet']}",
         f"--root-dir={lay.kubelet_root}", f"--cert-dir={lay.dir / 'kubelet-pki'}",
         f"--hostname-override={lay.node_name}", f"--node-ip={ip}",
         f"--node-labels={REAL_NODE_LABEL}=true", "--v=1",
@@ -823,25 +861,31 @@ def start(cluster: Any, state: dict[str, Any], log: Log, deadline: float) -> Non
     _wait("kubelet: node Ready", ready, deadline, alive("kubelet"), tail("kubelet"))
     log(f"    node {lay.node_name} Ready in {time.monotonic() - t0:.1f}s (pods {pod_cidr} on {lay.bridge})")
 
+    _create(api, coredns_rbac())
     ph, pm = _free_port(), _free_port()
-    (lay.dir / "kube-proxy.yaml").write_text(json.dumps(kube_proxy_config(lay, kc, ph, pm), indent=2))
+    (lay.dir / "kube-proxy.yaml").write_text(json.dumps(kube_proxy_config(lay, kubeconfigs["kube-proxy"], ph, pm),
+                                                              indent=2))
     cluster._spawn(state, "kube-proxy", [str(bins / "kube-proxy"), f"--config={lay.dir / 'kube-proxy.yaml'}",
                                          "--v=1"], env=env)
     dns_port, dns_health = _free_port(), _free_port()
     while dns_health + 1 > 65535 or not _port_free(dns_health + 1):
         dns_health = _free_port()
-    (lay.dir / "Corefile").write_text(corefile(ip, dns_port, kc, dns_health))
+    (lay.dir / "Corefile").write_text(corefile(ip, dns_port, kubeconfigs["coredns"], dns_health))
     cluster._spawn(state, "coredns", [str(bins / "coredns"), "-conf", str(lay.dir / "Corefile")], env=env)
     for url, name in ((f"http://127.0.0.1:{ph}/healthz", "kube-proxy"),
                       (f"http://127.0.0.1:{dns_health + 1}/ready", "coredns")):
         _wait(name, functools.partial(_http_ok, url), deadline, alive(name), tail(name))
-    for collection, obj in dns_objects(ip, dns_port):
-        code, resp = api.request("POST", collection, obj)
-        if code not in (201, 409):
-            raise NodeError(f"creating {obj['kind']} kube-system/{obj['metadata']['name']}: HTTP {code}: {resp}")
+    _create(api, dns_objects(ip, dns_port))
     state["node"].update(kubelet_port=port, dns_port=dns_port)
     cluster._save(state)
     log(f"    kube-proxy and CoreDNS up ({DNS_SERVICE_IP} -> {ip}:{dns_port}) in {time.monotonic() - t0:.1f}s")
+
+
+def _create(api: Any, objects: list[tuple[str, dict[str, Any]]]) -> None:
+    for collection, obj in objects:
+        code, resp = api.request("POST", collection, obj)
+        if code not in (201, 409):
+            raise NodeError(f"creating {obj['kind']} {obj['metadata']['name']}: HTTP {code}: {resp}")
 
 
 def _port_free(port: int) -> bool:
@@ -891,7 +935,8 @@ def restart(cluster: Any, names: tuple[str, ...], timeout: float = 60) -> None:
         cluster._spawn(state, name, state["processes"][name]["argv"], env=env)
         proc = state["processes"][name]
         _wait(f"{name} after a restart", probes.get(name, lambda: True), deadline,
-              lambda p=proc: _alive(int(p["pid"]), p.get("start")), lambda n=name: str(cluster.log_tail(n)))
+              functools.partial(_alive, int(proc["pid"]), proc.get("start")),
+              functools.partial(cluster.log_tail, name))
 
 
 def _kubelet_healthz(lay: Layout) -> int:

@@ -28,6 +28,7 @@ from kubernetes import client, config, watch  # noqa: E402
 
 from railnet.dev import node  # noqa: E402
 from railnet.dev.devcluster import DevCluster, NodeSet  # noqa: E402
+from tests.kube.kubeutil import wait_for  # noqa: E402
 from tests.node import helpers as h  # noqa: E402
 
 NODE_PROCESSES = ("containerd", "kubelet", "kube-proxy", "coredns")
@@ -155,7 +156,7 @@ def main() -> int:
         core = client.CoreV1Api(api)
         ns = "bench"
         core.create_namespace({"metadata": {"name": ns}})
-        h.wait_for(lambda: core.list_namespaced_service_account(ns).items, 60, "default ServiceAccount")
+        wait_for(lambda: core.list_namespaced_service_account(ns).items, 60, "default ServiceAccount")
         core.create_namespaced_pod(ns, h.sleeper("warm"))  # first pod pays the image's first unpack
         h.running(core, ns, "warm")
         sampler = MemorySampler(dev)
@@ -187,10 +188,10 @@ def main() -> int:
         api.close()
     finally:
         dev.down(log=lambda msg: None)
-        left = node.leftovers(layout, before)
-        if left:
-            print(f"LEAK: the real node left {left}")
-            return 1
+    left = node.leftovers(layout, before)
+    if left:
+        print(f"LEAK: the real node left {left}")
+        return 1
     return 0
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 
-from kubernetes import client
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
 
 from railnet.dev import node
 from railnet.dev.devcluster import _alive
@@ -114,6 +116,36 @@ def test_deleting_pods_removes_netns_veths_and_ips(real_node: RealNode, ns: str)
     wait_for(lambda: not (ips & h.ipam_ips(lay)), 60, "the pods' IPs released by host-local")
     wait_for(lambda: set(h.netns_mounts(lay)) <= netns0, 60, "the pods' netns unmounted")
     assert not (ips & h.ipam_ips(lay)) and h.ipam_ips(lay) <= ips0 | h.ipam_ips(lay)
+
+
+def test_node_components_have_least_privilege(real_node: RealNode, ns: str) -> None:
+    """Real requests with each component's own kubeconfig: what it needs works, the rest is 403."""
+    real_node.core.create_namespaced_secret(ns, {"metadata": {"name": "s"}, "stringData": {"k": "v"}})
+
+    def api(component: str) -> client.CoreV1Api:
+        path = real_node.layout.dir / f"{component}.kubeconfig"
+        return client.CoreV1Api(config.new_client_from_config(config_file=str(path)))
+
+    def forbidden(call: Callable[[], object]) -> bool:
+        try:
+            call()
+        except ApiException as exc:
+            return exc.status == 403
+        return False
+
+    kubelet, proxy, dns = api("kubelet"), api("kube-proxy"), api("coredns")
+    assert kubelet.read_node(real_node.name).metadata.name == real_node.name
+    assert forbidden(lambda: kubelet.read_namespaced_secret("s", ns))  # no pod on this node mounts it
+    assert forbidden(lambda: kubelet.list_secret_for_all_namespaces())
+    assert forbidden(lambda: kubelet.patch_node("kwok-node-0", {"metadata": {"labels": {"x": "y"}}}))  # another node
+    assert forbidden(lambda: kubelet.delete_namespace(ns))
+    assert proxy.list_service_for_all_namespaces().items is not None
+    assert forbidden(lambda: proxy.read_namespaced_secret("s", ns))
+    assert forbidden(lambda: proxy.create_namespaced_pod(ns, h.sleeper("nope")))
+    assert dns.list_namespace().items
+    assert forbidden(lambda: dns.read_namespaced_secret("s", ns))
+    assert forbidden(lambda: dns.create_namespaced_pod(ns, h.sleeper("nope")))
+    assert forbidden(lambda: dns.delete_namespaced_service("kube-dns", "kube-system"))
 
 
 def test_down_after_a_failed_test_leaves_nothing(real_node: RealNode, ns: str) -> None:

@@ -26,7 +26,7 @@ def test_kubelet_and_containerd_survive_sigkill(real_node: RealNode, ns: str) ->
         os.kill(int(procs[name]["pid"]), signal.SIGKILL)
     for name in ("kubelet", "containerd"):
         wait_for(lambda n=name: not _alive(int(procs[n]["pid"]), procs[n].get("start")), 30, f"{name} dead")
-    restarted = datetime.datetime.now(datetime.timezone.utc)
+    restarted = datetime.datetime.now(datetime.UTC)
     node.restart(cluster, ("containerd", "kubelet"))
     leases = client.CoordinationV1Api(real_node.api_client)
 
