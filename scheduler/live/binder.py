@@ -135,6 +135,7 @@ class Binder:
         status, answer = self.api.request("POST", f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}/binding", body)
         self.metrics.observe("bind", time.monotonic() - t0)
         if status == 201:
+            self.cache.finish_binding(pod.key)
             self.metrics.inc("bound")
             age = _created_age(pod)
             if age is not None:

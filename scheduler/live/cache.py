@@ -51,6 +51,7 @@ class PodState:
     priority: int
     quota_label: str | None = None  # quota.scheduling.koordinator.sh/name
     deleting: bool = False  # metadata.deletionTimestamp is set (e.g. evicted)
+    phase: str = ""  # status.phase
 
     @classmethod
     def of(cls, obj: Mapping[str, Any], scheduler_name: str, gpu: str, rdma: Sequence[str]) -> PodState:
@@ -65,7 +66,7 @@ class PodState:
             annotation=(meta.get("annotations") or {}).get(objects.ALLOCATION_ANNOTATION),
             created=meta.get("creationTimestamp", ""), priority=int(spec.get("priority") or 0),
             quota_label=(meta.get("labels") or {}).get(objects.QUOTA_NAME_LABEL) or None,
-            deleting=bool(meta.get("deletionTimestamp")),
+            deleting=bool(meta.get("deletionTimestamp")), phase=(obj.get("status") or {}).get("phase", ""),
         )
 
 
@@ -96,6 +97,9 @@ class SchedulerCache:
         self.cluster = Cluster([], domain_keys)
         self.dirty = True
         self.assumed: dict[str, tuple[str, Allocation]] = {}  # pod -> (node name, allocation)
+        self.bound_at: dict[str, float] = {}  # assumed pod -> monotonic time its bind succeeded
+        self.gang_members: dict[str, set[str]] = {}  # gang key -> keys of its (non-terminal) pods
+        self.gang_finished: dict[str, dict[str, str]] = {}  # gang key -> {pod uid: Succeeded|Failed}
         self.foreign: set[str] = set()  # ledger entries whose devices are a guess
         self.backoff: dict[str, float] = {}  # pod -> monotonic time before which it is not retried
         self._excluded: dict[tuple[str, str, str], tuple[list[int], dict[str, int]]] = {}
@@ -197,6 +201,9 @@ class SchedulerCache:
         with self.lock:
             old = self.pods.get(key)
             if kind == "DELETED" or objects.is_terminal(obj):
+                phase = (obj.get("status") or {}).get("phase")
+                if old is not None and old.gang is not None and phase in ("Succeeded", "Failed"):
+                    self.gang_finished.setdefault(old.gang.key, {})[old.uid] = phase
                 if old is None or old.uid == obj["metadata"].get("uid", old.uid):
                     self._remove_pod(key)
                     self._bump(freed=True)
@@ -210,12 +217,15 @@ class SchedulerCache:
                 # status updates of bound pods).
                 state = replace(old, rv=_rv(meta), node=node,
                                 annotation=(meta.get("annotations") or {}).get(objects.ALLOCATION_ANNOTATION),
-                                deleting=bool(meta.get("deletionTimestamp")))
+                                deleting=bool(meta.get("deletionTimestamp")),
+                                phase=(obj.get("status") or {}).get("phase", ""))
             else:
                 state = PodState.of(obj, self.scheduler_name, self.gpu, self.rdma)
             if old is not None and old.uid != state.uid:
                 self._remove_pod(key)
             self.pods[key] = state
+            if state.gang is not None:
+                self.gang_members.setdefault(state.gang.key, set()).add(key)
             if state.ours and not state.node:
                 self.waiting.add(key)
             else:
@@ -225,7 +235,13 @@ class SchedulerCache:
             self._bump()
 
     def _remove_pod(self, key: str) -> None:
-        self.pods.pop(key, None)
+        old = self.pods.pop(key, None)
+        if old is not None and old.gang is not None:
+            members = self.gang_members.get(old.gang.key)
+            if members is not None:
+                members.discard(key)
+                if not members:
+                    del self.gang_members[old.gang.key]
         self.waiting.discard(key)
         self.assumed.pop(key, None)
         self.foreign.discard(key)
@@ -376,6 +392,30 @@ class SchedulerCache:
         for alloc in allocations:
             self.assumed[alloc.pod] = (self.cluster.nodes[alloc.node].name, alloc)
             self.backoff.pop(alloc.pod, None)
+
+    def finish_binding(self, key: str) -> None:
+        """The bind succeeded; the assumption now waits for the watch to confirm it (``expire_assumed``)."""
+        with self.lock:
+            if key in self.assumed:
+                self.bound_at[key] = time.monotonic()
+
+    def expire_assumed(self, now: float, ttl: float) -> list[str]:
+        """Forget assumptions whose bind succeeded more than ``ttl`` ago but that the watch never
+        confirmed (kube-scheduler's assume-cache expiry): their devices are released."""
+        expired = []
+        with self.lock:
+            for key, at in list(self.bound_at.items()):
+                if key not in self.assumed:
+                    del self.bound_at[key]  # confirmed, forgotten or removed meanwhile
+                elif ttl > 0 and now - at > ttl:
+                    del self.bound_at[key]
+                    self.assumed.pop(key)
+                    if key in self.cluster.allocations:
+                        self.cluster.release(key)
+                    expired.append(key)
+            if expired:
+                self._bump(freed=True)
+        return expired
 
     def forget(self, key: str, retry_after: float = 1.0) -> None:
         """A bind failed: give the devices back and retry the pod later (if it still waits)."""

@@ -31,13 +31,14 @@ from scheduler.live.evictor import Evictor
 from scheduler.live.kubeapi import KubeApi, endpoint_from_config
 from scheduler.live.leader import LeaderElector
 from scheduler.live.metrics import Metrics
+from scheduler.live.podgroup_status import PODGROUPS, PodGroupStatusWriter
 from scheduler.live.quota_status import QuotaStatusWriter
 from scheduler.live.reflector import Reflector
+from scheduler.live.status import StatusWriter
 from scheduler.quota import Verdict
 from scheduler.view import ClusterView
 
 log = logging.getLogger("railnet.scheduler")
-PODGROUPS = "/apis/scheduling.x-k8s.io/v1alpha1/podgroups"
 TOPOLOGIES = "/apis/railnet.io/v1alpha1/nodetopologies"
 MAX_UNITS_PER_CYCLE = 2000  # let watch events in between long backlogs
 
@@ -45,9 +46,9 @@ MAX_UNITS_PER_CYCLE = 2000  # let watch events in between long backlogs
 class Scheduler:
     def __init__(self, api: KubeApi, cache: SchedulerCache, metrics: Metrics, is_leader: Callable[[], bool],
                  bind_workers: int = 64, dry_run: bool = False, reserve: bool = True,
-                 hold_s: float = reservation.DEFAULT_HOLD_S) -> None:
+                 hold_s: float = reservation.DEFAULT_HOLD_S, assume_ttl: float = 30.0) -> None:
         self.api, self.cache, self.metrics, self.is_leader, self.dry_run = api, cache, metrics, is_leader, dry_run
-        self.reserve, self.hold_s = reserve, hold_s
+        self.reserve, self.hold_s, self.assume_ttl = reserve, hold_s, assume_ttl
         self.reservation: reservation.Reservation | None = None
         self._no_reserve: dict[str, float] = {}  # unit -> monotonic time before which it may not reserve
         self.binder = Binder(api, cache, metrics, Events(api, _pool(4), cache.scheduler_name), is_leader,
@@ -55,6 +56,7 @@ class Scheduler:
         self.events = self.binder.events
         self.evictor = Evictor(api, self.events, _pool(4))
         self.quota_status = QuotaStatusWriter(api, self.events, _pool(2))
+        self.podgroup_status = PodGroupStatusWriter(StatusWriter(api, _pool(2), PODGROUPS))
         self.stop = threading.Event()
         self.reflectors: list[Reflector] = []
         self._gang_first_fail: dict[str, float] = {}
@@ -93,8 +95,12 @@ class Scheduler:
         cache = self.cache
         now = time.monotonic()
         with cache.lock:
+            for key in cache.expire_assumed(now, self.assume_ttl):
+                log.warning("assumed pod expired", extra={"pod": key, "ttl_s": self.assume_ttl})
             if cache.dirty:
                 cache.rebuild()
+            if cache.podgroups and not self.dry_run:
+                self.podgroup_status.sync(cache, now)
             holding = set(cache.cluster.allocations)
             units = gangs.collect(cache.pending(now), cache.pods, cache.podgroups, holding)
             self.metrics.set("pending", sum(len(u.pods) for u in units))
@@ -295,6 +301,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="the head of the queue holds nodes as they free up (starvation-free; see reservation.py)")
     p.add_argument("--reservation-hold", type=float, default=reservation.DEFAULT_HOLD_S,
                    help="seconds a unit may hold a reservation without being placed")
+    p.add_argument("--assume-ttl", type=float, default=30.0,
+                   help="seconds after a successful bind that the watch must confirm it before the"
+                   " assumed devices are released (0: never)")
     p.add_argument("--dry-run", action="store_true", help="print what would be bound (JSON lines) and exit")
     p.add_argument("--log-level", default="info")
     return p.parse_args(argv)
@@ -313,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                             args.renew_deadline, args.retry_period)
     leading = elector.is_leader if args.leader_elect and not args.dry_run else (lambda: True)
     sched = Scheduler(api, cache, metrics, leading, args.bind_workers, dry_run=args.dry_run,
-                      reserve=args.reservation, hold_s=args.reservation_hold)
+                      reserve=args.reservation, hold_s=args.reservation_hold, assume_ttl=args.assume_ttl)
     sched.start_caches()
     if not sched.wait_synced():
         log.error("caches did not sync")

@@ -169,6 +169,13 @@ def test_borrow_up_to_max_then_reclaim_whole_gangs_through_eviction(qenv: QuotaE
                                used_gpus(env.get_quota(team_b, "team-b"))) == ("8", "8") or None, WAIT,
                       "status.used 8 and 8")
     assert env.get_quota(team_b, "team-b")["status"]["runtime"][GPU] == "8"
+    # the PodGroup's status follows its members (kwok runs bound pods)
+    def want_status() -> dict[str, Any] | None:
+        status = env.api.get(f"{EQ}/namespaces/{team_a}/podgroups/want").get("status") or {}
+        return status if status.get("phase") == "Running" else None
+
+    status = kubeutil.wait_for(want_status, WAIT, "PodGroup want Running")
+    assert (status["scheduled"], status["running"], status["failed"]) == (2, 2, 0) and status["scheduleStartTime"]
 
 
 def test_children_min_above_parent_is_reported_and_nothing_admitted(qenv: QuotaEnv) -> None:
