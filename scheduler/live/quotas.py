@@ -111,6 +111,36 @@ def _add(into: dict[str, int], more: Mapping[str, int]) -> None:
         into[key] = into.get(key, 0) + value
 
 
+class CycleTree(QuotaTree):
+    """The core's tree, with ``runtime()`` computed once per demand.
+
+    Runtime follows demand (running + queued jobs), which ``start`` does not change (a job moves from
+    queued to running): within one cycle every ``decide`` would otherwise recompute the same runtime,
+    O(jobs) each (5 s for 2,000 pending pods, measured). Submitting, finishing or evicting a job resets it."""
+
+    _memo: dict[str, dict[str, int]] | None = None
+
+    def runtime(self, extra: Iterable[QuotaJob] = ()) -> dict[str, dict[str, int]]:
+        extra = tuple(extra)
+        if extra:
+            return super().runtime(extra)
+        if self._memo is None:
+            self._memo = super().runtime()
+        return self._memo
+
+    def submit(self, job: QuotaJob) -> None:
+        self._memo = None
+        super().submit(job)
+
+    def finish(self, name: str) -> None:
+        self._memo = None
+        super().finish(name)
+
+    def evict(self, name: str) -> None:
+        self._memo = None
+        super().evict(name)
+
+
 @dataclass
 class Admission:
     verdict: Verdict
@@ -130,6 +160,9 @@ class QuotaBook:
     gpu: str = objects.GPU_RESOURCE
     rdma: tuple[str, ...] = objects.RDMA_RESOURCES
     by_namespace: dict[str, str] = field(default_factory=dict)
+    # (quota, request) -> a WAIT found this cycle. Within a cycle WAIT stays WAIT: runtime is fixed and
+    # only admitted jobs start (within their runtime), so usage grows and no new borrower appears.
+    _waits: dict[tuple[str, tuple[tuple[str, int], ...]], Admission] = field(default_factory=dict)
 
     def quota_of(self, pod: PodState) -> str | None:
         return pod.quota_label or self.by_namespace.get(pod.namespace)
@@ -150,6 +183,9 @@ class QuotaBook:
             return Admission(Verdict.REJECT, quota, message=f"quota {quota} is a parent quota; pods use leaf quotas")
         assert self.tree is not None
         name = self.pending_name(unit_key)
+        shape = (quota, tuple(sorted(self.tree.pending[name].request.items())))
+        if shape in self._waits:
+            return self._waits[shape]
         decision = self.tree.decide(name)
         if decision.verdict is Verdict.ADMIT:
             return Admission(Verdict.ADMIT, quota)
@@ -158,7 +194,8 @@ class QuotaBook:
                              f"quota {quota}: reclaiming from borrowers, evicting {', '.join(decision.victims)}")
         if decision.verdict is Verdict.REJECT:
             return Admission(Verdict.REJECT, quota, message=f"quota: {decision.reason}")
-        return Admission(Verdict.WAIT, quota, message=self._wait_reason(name))
+        waiting = self._waits[shape] = Admission(Verdict.WAIT, quota, message=self._wait_reason(name))
+        return waiting
 
     def _wait_reason(self, name: str) -> str:
         """'quota team-a at max nvidia.com/gpu 16 (used 16, asks 1)' or the runtime share that blocks."""
@@ -229,7 +266,7 @@ def build_tree(objs: Mapping[str, QuotaObject], capacity: Mapping[str, int],
         for key in keep:
             top[key] = max(top[key], sum(s.min.get(key, 0) for s in specs if s.parent is None))
         try:
-            tree = QuotaTree(specs, top)
+            tree = CycleTree(specs, top)
         except QuotaError as exc:
             match = _QUOTA_PREFIX.match(str(exc))
             name = match.group(1) if match else None
@@ -239,6 +276,7 @@ def build_tree(objs: Mapping[str, QuotaObject], capacity: Mapping[str, int],
                            for n in _subtree(objs, name)})
             continue
         tree.capacity = {k: capacity.get(k, 0) for k in tree.capacity}
+        tree._memo = None
         return tree, broken
 
 
