@@ -12,14 +12,16 @@ import time
 from scheduler.live.binder import Events
 from scheduler.live.cache import PodState
 from scheduler.live.kubeapi import KubeApi
+from scheduler.live.metrics import Metrics
 
 log = logging.getLogger("railnet.scheduler.evictor")
 RETRY_S = 10.0
 
 
 class Evictor:
-    def __init__(self, api: KubeApi, events: Events, pool: concurrent.futures.Executor) -> None:
-        self.api, self.events, self.pool = api, events, pool
+    def __init__(self, api: KubeApi, events: Events, pool: concurrent.futures.Executor,
+                 metrics: Metrics | None = None) -> None:
+        self.api, self.events, self.pool, self.metrics = api, events, pool, metrics or Metrics()
         self._sent: dict[str, float] = {}  # pod key -> monotonic time of the last eviction request
         self._lock = threading.Lock()
         self.evicted = 0  # accepted by the API server (for tests and logs)
@@ -46,6 +48,8 @@ class Evictor:
         except Exception as exc:
             log.warning("eviction failed", extra={"pod": pod.key, "error": repr(exc)})
             return
+        result = {200: "evicted", 201: "evicted", 429: "blocked", 404: "gone", 409: "gone"}.get(status, "error")
+        self.metrics.inc("evictions", result=result)
         if status in (200, 201):
             self.evicted += 1
             log.info("evicted", extra={"pod": pod.key, "why": message})

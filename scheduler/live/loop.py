@@ -54,7 +54,7 @@ class Scheduler:
         self.binder = Binder(api, cache, metrics, Events(api, _pool(4), cache.scheduler_name), is_leader,
                              bind_workers)
         self.events = self.binder.events
-        self.evictor = Evictor(api, self.events, _pool(4))
+        self.evictor = Evictor(api, self.events, _pool(4), metrics)
         self.quota_status = QuotaStatusWriter(api, self.events, _pool(2))
         self.podgroup_status = PodGroupStatusWriter(StatusWriter(api, _pool(2), PODGROUPS))
         self.stop = threading.Event()
@@ -180,6 +180,7 @@ class Scheduler:
         if self.reservation is not None and self.reservation.key == unit.key:
             log.info("reservation used", extra={"unit": unit.key,
                                                  "waited_s": round(now - self.reservation.since, 3)})
+            self.metrics.observe("reservation_wait", now - self.reservation.since)
             self.reservation = None
         cache.assume(plan.allocations)
         if book is not None:

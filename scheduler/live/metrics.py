@@ -31,6 +31,12 @@ class Metrics:
                                         registry=self.registry)
         self.unschedulable = prom.Counter("railnet_scheduler_unschedulable_total",
                                           "Units that did not fit in a cycle", ["kind"], registry=self.registry)
+        self.evictions = prom.Counter("railnet_scheduler_quota_evictions_total",
+                                      "Eviction requests for quota reclaim, by answer", ["result"],
+                                      registry=self.registry)
+        self.reservation_wait = prom.Histogram("railnet_scheduler_reservation_wait_seconds",
+                                               "Head-of-line reservation taken -> its unit placed",
+                                               registry=self.registry, buckets=buckets)
         self.leader = prom.Gauge("railnet_scheduler_leader", "1 while this replica holds the lease",
                                  registry=self.registry)
         self.enabled = True
