@@ -57,6 +57,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--python", help="interpreter for the Python shim (default: this one)")
     parser.add_argument("--conf-dir", type=Path,
                         help="also write the railnet meta plugin's conflist here, wrapping the node's primary network")
+    parser.add_argument("--agent-socket", metavar="PATH",
+                        help="the agent's socket for the conflist (agentSocket; must be below /run/railnet/)")
     parser.add_argument("--uninstall", action="store_true",
                         help="remove what install-cni wrote (plugin files, and the conflist with --conf-dir)")
     args = parser.parse_args(argv)
@@ -71,7 +73,8 @@ def main(argv: list[str]) -> int:
     try:
         paths = install(args.dest, args.shim, args.python)
         if args.conf_dir:
-            paths.append(netconf.write(args.conf_dir))
+            options = {"agentSocket": args.agent_socket} if args.agent_socket else {}
+            paths.append(netconf.write(args.conf_dir, **options))
     except FileNotFoundError as exc:
         print(f"railnet install-cni: {exc}", file=sys.stderr)
         return 1
