@@ -181,7 +181,7 @@ class Scheduler:
             log.info("reservation used", extra={"unit": unit.key,
                                                  "waited_s": round(now - self.reservation.since, 3)})
             self.metrics.observe("reservation_wait", now - self.reservation.since)
-            self.reservation = None
+            self._release_reservation()
         cache.assume(plan.allocations)
         if book is not None:
             book.start(unit.key)
@@ -204,11 +204,17 @@ class Scheduler:
         if held is None:
             return
         if held.key not in {u.key for u in units}:
-            self.reservation = None
+            self._release_reservation()
         elif now - held.since > self.hold_s:
             log.info("reservation expired", extra={"unit": held.key, "held_s": round(now - held.since, 1)})
             self._no_reserve[held.key] = now + self.hold_s
-            self.reservation = None
+            self._release_reservation()
+
+    def _release_reservation(self) -> None:
+        """Its nodes are open again: units that failed only because of them retry now, not after
+        their back-off (a release frees nothing in the ledger, so ``cache.freed`` does not say so)."""
+        self.reservation = None
+        self._unit_fail.clear()
 
     def _try_reserve(self, unit: gangs.Unit, gang: Gang, own: set[int], now: float) -> bool:
         """Make ``unit`` the holder if no unit ahead of it holds the reservation; True if it holds it."""
@@ -220,6 +226,8 @@ class Scheduler:
         nodes = reservation.choose_nodes(self.cache.cluster, gang, own)
         if not nodes:
             return False
+        if held is not None:
+            self._release_reservation()  # a unit ahead of the holder takes it over
         self.reservation = reservation.Reservation(unit.key, unit.order, nodes, now)
         log.info("reserving", extra={"unit": unit.key, "nodes": sorted(nodes)})
         return True
