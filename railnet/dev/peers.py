@@ -1,12 +1,15 @@
-"""Build the bench-only Go peers railnet is measured against (today: whereabouts) from their modules.
+"""Build the bench-only Go peers railnet is measured against (whereabouts, Multus's thick plugin).
 
     python -m railnet.dev.peers build     # build what is missing (no-op when built); `make bench` runs it
     python -m railnet.dev.peers path      # print the binary directory
     python -m railnet.dev.peers status    # list the binaries; exit 1 if any is missing
 
-Same approach as railnet.dev.k8sbin, whose helpers this imports: a pinned module version, a
-throw-away wrapper module, an atomic move into a versioned cache directory, a lock shared by
-concurrent builds and progress once a minute. Peers are never built by `make test`.
+whereabouts: same approach as railnet.dev.k8sbin, whose helpers this imports: a pinned module version,
+a throw-away wrapper module, an atomic move into a versioned cache directory, a lock shared by
+concurrent builds and progress once a minute. Multus (multus-daemon + multus-shim) is not served by the
+Go module proxy: the workspace's `shared/peers/build-multus.sh OUT_DIR` builds it from a source snapshot
+at a pinned commit, into its own cache directory (~/.cache/railnet/peers/multus-<commit>/). Peers are
+never built by `make test`.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +44,11 @@ COMPONENTS: Final = (
     ),
 )
 BINARY: Final = {"whereabouts": "whereabouts"}  # the main package is .../cmd; the binary is named here
+
+# Multus thick plugin: the commit of the source snapshot build-multus.sh builds (its header names it).
+MULTUS_COMMIT: Final = "95a0932350f0060cd232096876e24672a1de83fa"  # tag v4.3.0
+MULTUS_BINARIES: Final = ("multus-daemon", "multus-shim")
+ENV_MULTUS_SCRIPT: Final = "RAILNET_MULTUS_BUILD_SCRIPT"
 
 
 def version_key() -> str:
@@ -79,7 +88,67 @@ def asset(name: str, file: str) -> Path:
     return bin_dir() / f"{name}-assets" / file
 
 
+def multus_dir() -> Path:
+    return bin_dir().parent / f"multus-{MULTUS_COMMIT[:12]}"
+
+
+def multus_script() -> Path:
+    override = os.environ.get(ENV_MULTUS_SCRIPT)
+    if override:
+        return Path(override)
+    return Path(__file__).resolve().parents[2].parent / "shared" / "peers" / "build-multus.sh"
+
+
+def multus_missing() -> bool:
+    directory = multus_dir()
+    return _manifest(directory).get("multus", {}).get("commit") != MULTUS_COMMIT or not all(
+        os.access(directory / b, os.X_OK) for b in MULTUS_BINARIES)
+
+
+def multus_binary(name: str) -> Path:
+    if name not in MULTUS_BINARIES:
+        raise ValueError(f"not a Multus binary: {name}")
+    if multus_missing():
+        raise BuildError(f"Multus is not built in {multus_dir()}: run `python -m railnet.dev.peers build`")
+    return multus_dir() / name
+
+
+def build_multus(log: Log = k8sbin._say) -> Path:
+    """multus-daemon and multus-shim from the snapshot, via build-multus.sh (Go module proxy for its deps)."""
+    directory = multus_dir()
+    if not multus_missing():
+        return directory
+    script = multus_script()
+    if not script.is_file():
+        raise BuildError(f"{script} not found: it builds Multus from its source snapshot (set {ENV_MULTUS_SCRIPT})")
+    header = script.read_text()
+    if MULTUS_COMMIT not in header:
+        raise BuildError(f"{script} does not build Multus at {MULTUS_COMMIT}: update MULTUS_COMMIT in {__file__}")
+    directory.mkdir(parents=True, exist_ok=True)
+    with k8sbin._locked(directory, log):
+        if not multus_missing():
+            return directory
+        go_version = k8sbin.check_go()
+        start = time.monotonic()
+        log(f"==> multus (thick: daemon + shim) at {MULTUS_COMMIT[:12]} with {script}")
+        with tempfile.TemporaryDirectory(dir=directory, prefix="out-") as tmp:
+            proc = subprocess.run(["bash", str(script), tmp], capture_output=True, text=True, check=False,
+                                  env=k8sbin._go_env(), timeout=1800)
+            (directory / "build.log").write_text(proc.stdout + proc.stderr)
+            if proc.returncode != 0:
+                raise BuildError(f"building Multus failed (exit {proc.returncode}); see {directory / 'build.log'}:\n"
+                                 f"{(proc.stdout + proc.stderr)[-2000:]}")
+            for name in MULTUS_BINARIES:
+                os.replace(Path(tmp) / name, directory / name)
+        manifest = {"multus": {"commit": MULTUS_COMMIT, "script": str(script), "go": go_version,
+                               "build_seconds": f"{time.monotonic() - start:.0f}"}}
+        (directory / k8sbin.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        log(f"    built multus in {time.monotonic() - start:.0f}s")
+    return directory
+
+
 def build(log: Log = k8sbin._say) -> Path:
+    build_multus(log)
     directory = bin_dir()
     if not missing(directory):
         log(f"==> bench peers up to date in {directory}")
@@ -126,7 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         absent = set(missing())
         for comp in COMPONENTS:
             print(f"{comp.name:14} {comp.module}@{comp.version}  {'missing' if comp.name in absent else 'built'}")
-        return 1 if absent else 0
+        multus_absent = multus_missing()
+        print(f"{'multus':14} multus-cni@{MULTUS_COMMIT[:12]} (snapshot)  {'missing' if multus_absent else 'built'}"
+              f"  {multus_dir()}")
+        return 1 if absent or multus_absent else 0
     try:
         build()
     except BuildError as exc:
