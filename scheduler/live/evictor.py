@@ -1,6 +1,6 @@
-"""Reclaim's act step: evict victim pods through the Eviction API (policy/v1), so PodDisruptionBudgets
-are honoured: the API server answers 429 when a budget does not allow the disruption, and the pod
-stays (the waiting unit keeps waiting and the eviction is retried after ``RETRY_S``)."""
+"""Reclaim's act step: evict victim jobs through the Eviction API (policy/v1), so PodDisruptionBudgets
+are honoured: the API server answers 429 when a budget does not allow the disruption, and the pods
+stay (the waiting unit keeps waiting and the eviction is retried after ``RETRY_S``)."""
 
 from __future__ import annotations
 
@@ -26,27 +26,51 @@ class Evictor:
         self._lock = threading.Lock()
         self.evicted = 0  # accepted by the API server (for tests and logs)
 
-    def evict(self, pod: PodState, message: str) -> bool:
-        """Ask for ``pod``'s eviction unless one was asked recently; False when it was skipped."""
+    def evict_job(self, pods: list[PodState], message: str) -> bool:
+        """Evict a victim job (a whole gang) unless that was asked recently; False when skipped.
+
+        Every pod is first tried with ``dryRun=All``: if a budget refuses any of them, none is evicted
+        (a gang is not cut in half by a PDB that protects part of it). Budgets that allow each pod
+        alone but not all together can still refuse the later ones for real."""
         now = time.monotonic()
         with self._lock:
-            if now - self._sent.get(pod.key, -RETRY_S) < RETRY_S:
+            if not pods or any(now - self._sent.get(p.key, -RETRY_S) < RETRY_S for p in pods):
                 return False
-            self._sent[pod.key] = now
+            for pod in pods:
+                self._sent[pod.key] = now
             for key in [k for k, t in self._sent.items() if now - t > 10 * RETRY_S]:
                 del self._sent[key]
-        self.pool.submit(self._evict, pod, message)
+        self.pool.submit(self._evict_job, pods, message)
         return True
 
-    def _evict(self, pod: PodState, message: str) -> None:
+    def _evict_job(self, pods: list[PodState], message: str) -> None:
+        for pod in pods:
+            status, answer = self._post(pod, dry_run=True)
+            if status == 429:
+                text = answer.get("message") if isinstance(answer, dict) else str(answer)
+                log.info("eviction refused", extra={"pod": pod.key, "error": text})
+                self.metrics.inc("evictions", result="blocked")
+                for member in pods:
+                    self.events.pod(member, "EvictionBlocked", f"{message}; refused for {pod.name}: {text}")
+                return
+        for pod in pods:
+            self._evict(pod, message)
+
+    def _post(self, pod: PodState, dry_run: bool = False) -> tuple[int, object]:
         body = {"apiVersion": "policy/v1", "kind": "Eviction",
                 "metadata": {"name": pod.name, "namespace": pod.namespace},
-                "deleteOptions": {"preconditions": {"uid": pod.uid}}}
+                "deleteOptions": {"preconditions": {"uid": pod.uid}, **({"dryRun": ["All"]} if dry_run else {})}}
+        query = "?dryRun=All" if dry_run else ""
         try:
-            status, answer = self.api.request(
-                "POST", f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}/eviction", body)
+            return self.api.request("POST", f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}/eviction{query}",
+                                    body)
         except Exception as exc:
             log.warning("eviction failed", extra={"pod": pod.key, "error": repr(exc)})
+            return 0, None
+
+    def _evict(self, pod: PodState, message: str) -> None:
+        status, answer = self._post(pod)
+        if status == 0:
             return
         result = {200: "evicted", 201: "evicted", 429: "blocked", 404: "gone", 409: "gone"}.get(status, "error")
         self.metrics.inc("evictions", result=result)

@@ -237,13 +237,11 @@ class Scheduler:
         for victim in admission.victims:
             message = (f"quota {admission.quota} reclaims what {victim} borrowed (for {unit.key});"
                        " the whole gang is evicted")
-            for key in book.job_pods.get(victim, []):
-                pod = self.cache.pods.get(key)
-                if pod is None:
-                    continue
-                log.info("reclaim", extra={"victim": key, "for": unit.key, "quota": admission.quota})
-                if not self.dry_run:
-                    self.evictor.evict(pod, message)
+            pods = [self.cache.pods[k] for k in book.job_pods.get(victim, []) if k in self.cache.pods]
+            log.info("reclaim", extra={"victim": victim, "pods": [p.key for p in pods], "for": unit.key,
+                                       "quota": admission.quota})
+            if not self.dry_run:
+                self.evictor.evict_job(pods, message)
 
     def _fail(self, unit: gangs.Unit, reason: str, message: str, now: float) -> None:
         previous = self._unit_fail.get(unit.key)

@@ -69,7 +69,7 @@ class QuotaEnv(Env):
         assert self.api.request("POST", f"{EQ}/namespaces/{ns}/podgroups", body)[0] == 201
 
     def team_pod(self, ns: str, name: str, gpus: int, gang: str | None = None,
-                 priority_class: str | None = None) -> None:
+                 priority_class: str | None = None, labels: dict[str, str] | None = None) -> None:
         devices = {GPU: str(gpus), "rdma/roce": str(gpus)}
         spec: dict[str, Any] = {
             "schedulerName": self.name, "nodeSelector": {"railnet.io/test": self.tag},
@@ -79,7 +79,7 @@ class QuotaEnv(Env):
         if priority_class:
             spec["priorityClassName"] = priority_class
         body = {"apiVersion": "v1", "kind": "Pod", "spec": spec,
-                "metadata": {"name": name, "labels": {POD_GROUP_LABEL: gang} if gang else {}}}
+                "metadata": {"name": name, "labels": {**({POD_GROUP_LABEL: gang} if gang else {}), **(labels or {})}}}
         status, answer = self.api.request("POST", f"/api/v1/namespaces/{ns}/pods", body)
         assert status == 201, answer
 
@@ -136,23 +136,25 @@ def test_borrow_up_to_max_then_reclaim_whole_gangs_through_eviction(qenv: QuotaE
     for gang, klass in (("low", low), ("high", high)):
         env.podgroup(team_b, gang, 2)
         for i in range(2):
-            env.team_pod(team_b, f"{gang}-{i}", 4, gang=gang, priority_class=klass)
+            env.team_pod(team_b, f"{gang}-{i}", 4, gang=gang, priority_class=klass,
+                         labels={"protect": "yes"} if (gang, i) == ("low", 1) else None)
     kubeutil.wait_for(lambda: env.bound_in(team_b) == {"low-0", "low-1", "high-0", "high-1"} or None, WAIT,
                       "team-b's two gangs bound (borrowing)")
     kubeutil.wait_for(lambda: used_gpus(env.get_quota(team_b, "team-b")) == "16" or None, WAIT, "status.used 16")
     # at max: one more GPU for team-b waits with the reason
     env.team_pod(team_b, "extra", 1)
     env.wait_event_in(team_b, "extra", "quota team-b at max nvidia.com/gpu 16 (used 16, asks 1)")
-    # a PDB on the low gang makes the API server refuse the eviction: nothing is taken
+    # a PDB on one member of the low gang makes the API server refuse that eviction; the gang is tried
+    # with dry runs first, so its other member is not evicted either (no half gang)
     pdb = {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "keep-low"},
-           "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {POD_GROUP_LABEL: "low"}}}}
+           "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {"protect": "yes"}}}}
     assert env.api.request("POST", f"/apis/policy/v1/namespaces/{team_b}/poddisruptionbudgets", pdb)[0] == 201
     # team-a's own demand returns: 2 x 4 GPUs, within its min
     env.podgroup(team_a, "want", 2)
     for i in range(2):
         env.team_pod(team_a, f"want-{i}", 4, gang="want")
     blocked = env.wait_event_in(team_b, "low-0", "reclaims")
-    assert blocked["reason"] == "EvictionBlocked", blocked
+    assert blocked["reason"] == "EvictionBlocked" and "refused for low-1" in blocked["message"], blocked
     assert env.bound_in(team_b) >= {"low-0", "low-1", "high-0", "high-1"} and not env.bound_in(team_a)
     env.wait_event_in(team_a, "want-0", "quota team-a: reclaiming from borrowers")
     # the budget goes: the lowest-priority gang is evicted whole, the high one stays, team-a gets its min
