@@ -261,3 +261,23 @@ def test_rail_auto_reads_the_pod_again_when_the_cached_copy_has_no_allocation(tm
     meta.add(request("ADD", meta_conf(conf_dir)))
     assert cluster.fresh_reads == 1
     assert ("railnet-macvlan", "ADD", "rail0") in run.calls
+
+
+def test_secondaries_are_added_and_deleted_in_parallel(tmp_path: Path, conf_dir: Path) -> None:
+    """Each secondary waits for the other at a barrier: done one after the other, this would time out."""
+    pod = Pod("ml", "trainer-0", "u1", {"k8s.v1.cni.cncf.io/networks": "rail0, rail1"})
+    nads = {"ml/rail0": nad("railnet-macvlan"), "ml/rail1": nad("railnet-macvlan")}
+    barriers = {"ADD": threading.Barrier(2, timeout=5), "DEL": threading.Barrier(2, timeout=5)}
+    inner = Recorder()
+
+    def run(plugin_type: str, command: str, config: dict[str, Any], env: dict[str, str]) -> dict[str, Any] | None:
+        if plugin_type == "railnet-macvlan":
+            barriers[command].wait()
+        return inner(plugin_type, command, config, env)
+
+    meta, store = plugin(tmp_path, FakeCluster(pod, nads), run)  # type: ignore[arg-type]
+    meta.add(request("ADD", meta_conf(conf_dir)))
+    meta.delete(request("DEL", meta_conf(conf_dir)))
+    dels = [c for c in inner.calls if c[1] == "DEL"]
+    assert dels[-2:] == [("portmap", "DEL", "eth0"), ("calico", "DEL", "eth0")]  # the primary still goes last
+    assert store.get("c1", "eth0") is None
