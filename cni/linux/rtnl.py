@@ -25,6 +25,10 @@ IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_OPERSTATE, IFLA_LINKINFO, I
 IF_OPER_UNKNOWN, IF_OPER_UP = 0, 6
 IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_MACVLAN_MODE = 1, 2, 1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
+# A new IPv6 address stays `tentative` (no bind(), not a source) for the ~1 s of DAD unless it is
+# added as optimistic; with the interface's optimistic_dad on, DAD still runs and still catches a
+# duplicate. The sysctl alone covers only autoconfigured addresses, not ones added by netlink.
+IFA_F_OPTIMISTIC = 0x04
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PREFSRC, RTA_TABLE = 1, 4, 5, 7, 15
 FRA_SRC, FRA_PRIORITY, FRA_TABLE = 2, 6, 15
 IFF_UP = 0x1
@@ -156,7 +160,8 @@ class Rtnl:
     # ---- addresses, routes, rules -----------------------------------------------------------
     def add_address(self, index: int, iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> None:
         packed = iface.ip.packed
-        body = _IFADDRMSG.pack(_family(iface.ip), iface.network.prefixlen, 0, RT_SCOPE_UNIVERSE, index)
+        flags = IFA_F_OPTIMISTIC if iface.version == 6 else 0
+        body = _IFADDRMSG.pack(_family(iface.ip), iface.network.prefixlen, flags, RT_SCOPE_UNIVERSE, index)
         self._request(RTM_NEWADDR, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
                       body + attr(IFA_LOCAL, packed) + attr(IFA_ADDRESS, packed))
 
