@@ -21,7 +21,7 @@ API_VERSION = "scheduling.x-k8s.io/v1alpha1"
 def desired(book: QuotaBook, obj: Mapping[str, Any], runtime: Mapping[str, Mapping[str, int]]) -> JSON:
     name = obj["metadata"]["name"]
     problem = book.broken.get(name)
-    quota = book.objects.get(name)
+    quota = book.known.get(name)
     shown = set(quota.min) | set(quota.max) if quota else set()
     used = book.used(name)
     status: JSON = {"used": render({k: used.get(k, 0) for k in shown | set(used)})}

@@ -153,7 +153,7 @@ class Admission:
 class QuotaBook:
     """The quota state of one cycle: the tree with running and pending jobs, and the broken parts."""
 
-    objects: dict[str, QuotaObject]
+    known: dict[str, QuotaObject]  # every quota object by name
     broken: dict[str, str]  # quota -> why nothing is admitted against it
     tree: QuotaTree | None
     job_pods: dict[str, list[str]] = field(default_factory=dict)  # running job -> its pod keys
@@ -175,11 +175,11 @@ class QuotaBook:
         quota = self.quota_of(pods[0])
         if quota is None:
             return Admission(Verdict.ADMIT)
-        if quota not in self.objects:
+        if quota not in self.known:
             return Admission(Verdict.WAIT, quota, message=f"quota {quota} does not exist")
         if quota in self.broken:
             return Admission(Verdict.WAIT, quota, message=f"quota {quota} is invalid: {self.broken[quota]}")
-        if self.objects[quota].is_parent or (self.tree and not self.tree.is_leaf(quota)):
+        if self.known[quota].is_parent or (self.tree and not self.tree.is_leaf(quota)):
             return Admission(Verdict.REJECT, quota, message=f"quota {quota} is a parent quota; pods use leaf quotas")
         assert self.tree is not None
         name = self.pending_name(unit_key)
@@ -216,7 +216,7 @@ class QuotaBook:
             for resource, value in sorted(job.request.items()):
                 used, share = tree.used(quota, resource), runtime[quota].get(resource, 0)
                 if used + value > share:
-                    spec = self.objects.get(quota)
+                    spec = self.known.get(quota)
                     low = spec.min.get(resource, 0) if spec else share
                     return (f"quota {quota} at its share of {resource} {share} now (min {low}, used {used},"
                             f" asks {value}); nothing borrowed can be reclaimed for it")
@@ -332,10 +332,10 @@ def build(cache: SchedulerCache, pending: Iterable[tuple[str, list[PodState]]]) 
         quota = book.quota_of(members[0])
         if quota is None or quota in broken or quota not in tree.quotas or not tree.is_leaf(quota):
             continue
-        request: dict[str, int] = {}
-        for pod in members:
-            _add(request, pod_request(pod, gpu, rdma))
-        tree.submit(QuotaJob(book.pending_name(unit_key), quota, request, max(p.priority for p in members),
+        demand: dict[str, int] = {}
+        for member in members:
+            _add(demand, pod_request(member, gpu, rdma))
+        tree.submit(QuotaJob(book.pending_name(unit_key), quota, demand, max(p.priority for p in members),
                              len(members)))
     return book
 
@@ -360,8 +360,8 @@ def capacity(cache: SchedulerCache, governed: Iterable[PodState], is_governed: C
         total[gpu] += node.gpu_count
         total[rdma_key] += node.nic_count
     for key, alloc in cluster.allocations.items():
-        pod = cache.pods.get(key)
-        if alloc.node in allowed and (pod is None or not is_governed(pod)):
+        holder = cache.pods.get(key)
+        if alloc.node in allowed and (holder is None or not is_governed(holder)):
             total[CPU] -= alloc.cpu_milli
             total[MEMORY] -= alloc.memory_mib
             total[gpu] -= len(alloc.gpus)

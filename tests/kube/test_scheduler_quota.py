@@ -61,7 +61,8 @@ class QuotaEnv(Env):
         assert status == 201, answer
 
     def get_quota(self, ns: str, name: str) -> dict[str, Any]:
-        return self.api.get(f"{EQ}/namespaces/{ns}/elasticquotas/{name}")
+        found: dict[str, Any] = self.api.get(f"{EQ}/namespaces/{ns}/elasticquotas/{name}")
+        return found
 
     def podgroup(self, ns: str, name: str, min_member: int) -> None:
         body = {"apiVersion": "scheduling.x-k8s.io/v1alpha1", "kind": "PodGroup", "metadata": {"name": name},
@@ -121,7 +122,8 @@ def qenv(cluster: DevCluster, namespace: str, railnet_crds: Any, tmp_path: Path,
 
 
 def used_gpus(quota: dict[str, Any]) -> str | None:
-    return (quota.get("status") or {}).get("used", {}).get(GPU)
+    used: str | None = (quota.get("status") or {}).get("used", {}).get(GPU)
+    return used
 
 
 def test_borrow_up_to_max_then_reclaim_whole_gangs_through_eviction(qenv: QuotaEnv) -> None:

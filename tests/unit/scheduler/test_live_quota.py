@@ -134,3 +134,15 @@ def test_cycle_admits_through_quota_and_reports_the_wait() -> None:
     assert sched.cycle() == []
     [(key, _)] = [(k, v) for k, v in sched._unit_fail.items()]
     assert key not in {d.pod.key for d in decisions}
+
+
+def test_hierarchy_borrowing_inside_a_parent_is_reclaimed_for_a_sibling() -> None:
+    objs = [quota("org", "x", min_gpu=16, max_gpu=16, is_parent=True),
+            quota("kid-1", "a", min_gpu=8, parent="org"), quota("kid-2", "b", min_gpu=8, parent="org")]
+    cache = world(2, objs, team_pod("lo-0", "a", node_name="n0", gang="lo", priority=1),
+                  team_pod("hi-0", "a", node_name="n1", gang="hi", priority=9), team_pod("back", "b", gpus=8))
+    book = book_for(cache, "b/back")
+    assert book.used("org") == {"cpu": 200, "memory": 256, GPU: 16, "rdma/roce": 16}  # children roll up
+    admission = book.admit("b/back", [cache.pods["b/back"]])
+    assert admission.verdict is Verdict.RECLAIM and admission.victims == ("a/lo",)
+    assert book.runtime()["kid-1"][GPU] == 8 and book.runtime()["kid-2"][GPU] == 8

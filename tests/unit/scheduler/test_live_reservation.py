@@ -35,8 +35,8 @@ def test_choose_nodes_takes_the_freest_that_fit_when_empty() -> None:
     cache = cache_with([node("a"), node("b"), node("c", gpus=4, nics=4)])
     cache.on_pod("ADDED", pod("x", gpus=3, nics=3, node="a"))
     gang = Gang("g", (PodSpec("m0", 100, 128, 8, 1000, rdma_nics=8), PodSpec("m1", 100, 128, 4, 1000, rdma_nics=4)))
-    assert reservation.choose_nodes(cache.cluster, gang, []) == {"a", "b"}  # b (free) first, then a; c is too small for 8
-    assert reservation.choose_nodes(cache.cluster, gang, [0]) == {"b", "c"}  # c is big enough for the 4-GPU one
+    assert reservation.choose_nodes(cache.cluster, gang, []) == frozenset({"a", "b"})  # b (free) first, then a; c is too small for 8
+    assert reservation.choose_nodes(cache.cluster, gang, [0]) == frozenset({"b", "c"})  # c is big enough for the 4-GPU one
     assert reservation.choose_nodes(cache.cluster, gang, [0, 1]) is None  # c alone cannot hold the 8-GPU member
 
 
