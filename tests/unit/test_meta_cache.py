@@ -3,6 +3,8 @@ fallback on a miss, on a UID mismatch and when a fresh copy is asked for."""
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 from cni.meta.cache import MetaCache, pods_path
@@ -92,3 +94,44 @@ def test_watch_events_update_and_delete() -> None:
     assert returned is not None
     returned["config"] = "changed"  # callers get a copy
     assert cache.nad("ml", "n") == {"config": "{}"}
+
+
+class FakeApi:
+    """List pages and watch streams as the API server sends them: the first watch ends in 410 Gone."""
+
+    def __init__(self) -> None:
+        self.lists = [[pod_obj("a", "u1")], [pod_obj("c", "u3")]]  # the second list: after the 410
+        self.watches: list[tuple[str, str]] = []
+        self.idle = threading.Event()
+
+    def request(self, method: str, path: str) -> tuple[int, Any]:
+        items = self.lists.pop(0) if self.lists else [pod_obj("c", "u3")]
+        return 200, {"items": items, "metadata": {"resourceVersion": "5" if not self.lists else "1"}}
+
+    def watch(self, path: str, rv: str) -> Any:
+        self.watches.append((path, rv))
+        if len(self.watches) == 1:
+            yield {"type": "ADDED", "object": pod_obj("b", "u2") | {"metadata": {
+                **pod_obj("b", "u2")["metadata"], "resourceVersion": "2"}}}
+            yield {"type": "ERROR", "object": {"code": 410, "message": "too old resource version"}}
+            return
+        self.idle.set()
+        while True:  # a quiet watch: bookmarks until the reflector is stopped
+            yield {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": rv}}}
+            time.sleep(0.05)
+
+
+def test_the_pod_cache_resumes_and_relists_after_410_gone() -> None:
+    api = FakeApi()
+    cache = MetaCache(api=api, node_name="n1", direct=Direct())  # type: ignore[arg-type]
+    pods = cache.reflectors[0]
+    pods.start()  # the NAD reflector is left out: this fake serves pods only
+    try:
+        assert api.idle.wait(5), "the watch did not resume"
+        assert pods.gone == 1 and pods.lists == 2
+        assert api.watches[0] == ("/api/v1/pods?fieldSelector=spec.nodeName%3Dn1", "1")  # from the list's rv
+        assert api.watches[1][1] == "5"  # from the relist's rv, not the 410'd one
+        assert cache.pod("ml", "c") is not None and cache.pod("ml", "a") is None  # the relist replaced all
+        assert cache.pods.get("ml/b") is None
+    finally:
+        cache.stop()
