@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -66,8 +67,12 @@ class PodState:
             annotation=(meta.get("annotations") or {}).get(objects.ALLOCATION_ANNOTATION),
             created=meta.get("creationTimestamp", ""), priority=int(spec.get("priority") or 0),
             quota_label=(meta.get("labels") or {}).get(objects.QUOTA_NAME_LABEL) or None,
-            deleting=bool(meta.get("deletionTimestamp")), phase=(obj.get("status") or {}).get("phase", ""),
+            deleting=bool(meta.get("deletionTimestamp")), phase=_phase(obj),
         )
+
+
+def _phase(obj: Mapping[str, Any]) -> str:
+    return sys.intern(str((obj.get("status") or {}).get("phase") or ""))  # one copy per phase, not per pod
 
 
 def _rv(meta: Mapping[str, Any]) -> int:
@@ -218,7 +223,7 @@ class SchedulerCache:
                 state = replace(old, rv=_rv(meta), node=node,
                                 annotation=(meta.get("annotations") or {}).get(objects.ALLOCATION_ANNOTATION),
                                 deleting=bool(meta.get("deletionTimestamp")),
-                                phase=(obj.get("status") or {}).get("phase", ""))
+                                phase=_phase(obj))
             else:
                 state = PodState.of(obj, self.scheduler_name, self.gpu, self.rdma)
             if old is not None and old.uid != state.uid:
