@@ -8,7 +8,7 @@ DEB_PACKAGES := containernetworking-plugins iproute2 sqlite3 gcc libc6-dev runc 
 CC ?= cc
 NATIVE_SHIM := cni/native/railnet-shim
 
-.PHONY: setup sysdeps test lint typecheck unit demo bench k8s-bin clean
+.PHONY: setup sysdeps protos test lint typecheck unit demo bench k8s-bin clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	@echo "==> creating virtualenv $(VENV)"
@@ -29,7 +29,11 @@ $(NATIVE_SHIM): cni/native/shim.c
 	@echo "==> building the native CNI shim"
 	$(CC) -O2 -Wall -Wextra -Werror -o $@ $<
 
-setup: sysdeps $(VENV)/.installed $(NATIVE_SHIM)
+# The kubelet API stubs are generated from the pinned k8s.io/kubelet protos (needs `go`); a no-op when current.
+protos: $(VENV)/.installed
+	@$(PY) -m netmanager.kubelet.protos
+
+setup: sysdeps $(VENV)/.installed $(NATIVE_SHIM) protos
 
 lint: setup
 	$(VENV)/bin/ruff check .

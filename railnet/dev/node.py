@@ -39,6 +39,8 @@ CNI_PLUGIN_DIRS: Final = (Path("/usr/lib/cni"), Path("/opt/cni/bin"))  # Debian'
 CNI_PLUGINS: Final = ("bridge", "host-local", "loopback", "portmap")
 CGROUP_ROOT: Final = Path("/sys/fs/cgroup")
 SHIM_SOCKET_DIR: Final = Path("/run/containerd/s")
+# The kubelet's device manager listens here whatever --root-dir says (a path fixed in the kubelet).
+DEVICE_PLUGIN_DIR: Final = Path("/var/lib/kubelet/device-plugins")
 # Host sysctls that kubelet (kernel tunables) and kube-proxy / the bridge plugin may set: restored on down.
 SYSCTLS: Final = (
     "vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops", "kernel/keys/root_maxkeys",
@@ -589,6 +591,21 @@ def bridge_exists(name: str) -> bool:
     return Path(f"/sys/class/net/{name}").exists()
 
 
+def _device_plugin_files() -> list[str]:
+    return sorted(p.name for p in DEVICE_PLUGIN_DIR.iterdir()) if DEVICE_PLUGIN_DIR.is_dir() else []
+
+
+def remove_kubelet_fixed_paths(before: Mapping[str, Any]) -> None:
+    """What the kubelet made under /var/lib/kubelet (its device-plugin socket and checkpoint)."""
+    for name in set(_device_plugin_files()) - set(before.get("device_plugin_files", [])):
+        with contextlib.suppress(OSError):
+            (DEVICE_PLUGIN_DIR / name).unlink()
+    for path in (DEVICE_PLUGIN_DIR, DEVICE_PLUGIN_DIR.parent):
+        if str(path) not in before.get("kubelet_dirs", [str(path)]):
+            with contextlib.suppress(OSError):
+                path.rmdir()
+
+
 def leftovers(lay: Layout, before: Mapping[str, Any] | None = None) -> list[str]:
     """What the node would have left on the machine: empty after a clean teardown."""
     found = []
@@ -602,6 +619,11 @@ def leftovers(lay: Layout, before: Mapping[str, Any] | None = None) -> list[str]
         added = sorted(set(iptables_rules()) - set(before.get("iptables", [])))
         found += [f"iptables {r}" for r in added if "KUBE-" in r or "CNI-" in r]
         found += [f"nft table {t}" for t in set(nft_tables()) - set(before.get("nft", []))]
+        if "device_plugin_files" in before:
+            added_files = set(_device_plugin_files()) - set(before["device_plugin_files"])
+            found += [f"file {DEVICE_PLUGIN_DIR / f}" for f in sorted(added_files)]
+            found += [f"dir {d}" for d in (DEVICE_PLUGIN_DIR, DEVICE_PLUGIN_DIR.parent)
+                      if d.exists() and str(d) not in before.get("kubelet_dirs", [])]
     return found
 
 
@@ -645,10 +667,19 @@ def release_machine(lay: Layout) -> None:
             lock.unlink()
 
 
-def snapshot_host(lay: Layout) -> dict[str, Any]:
-    snap = {
+def host_state() -> dict[str, Any]:
+    """What `leftovers` compares with: the machine-wide things a node adds to."""
+    return {
         "iptables": iptables_rules(),
         "nft": nft_tables(),
+        "kubelet_dirs": [str(p) for p in (DEVICE_PLUGIN_DIR.parent, DEVICE_PLUGIN_DIR) if p.exists()],
+        "device_plugin_files": _device_plugin_files(),
+    }
+
+
+def snapshot_host(lay: Layout) -> dict[str, Any]:
+    snap = {
+        **host_state(),
         "sysctls": read_sysctls(),
         "run_containerd": Path("/run/containerd").exists(),
         "shim_dir": SHIM_SOCKET_DIR.exists(),
@@ -769,6 +800,8 @@ def teardown(lay: Layout, procs: Mapping[str, Mapping[str, Any]], log: Log) -> l
         with contextlib.suppress(OSError):
             if _sysctl_path(key).read_text().strip() != value:
                 _sysctl_path(key).write_text(value)
+    if before:
+        remove_kubelet_fixed_paths(before)
     for existed, path in ((before.get("shim_dir", True), SHIM_SOCKET_DIR),
                           (before.get("run_containerd", True), Path("/run/containerd"))):
         if not existed:

@@ -146,7 +146,7 @@ def main() -> int:
     if os.geteuid() != 0:
         raise SystemExit("run as root: the real node runs containerd and kubelet")
     dev = DevCluster(f"bench-node-{os.getpid()}", owner=True)
-    before = {"iptables": node.iptables_rules(), "nft": node.nft_tables()}
+    before = node.host_state()
     t0 = time.monotonic()
     dev.up(NodeSet(count=1), log=lambda msg: None, real_node=True)
     print(f"dev cluster with a real node up in {time.monotonic() - t0:.1f} s; load {os.getloadavg()[0]:.1f}")

@@ -71,7 +71,7 @@ def real_node() -> Iterator[RealNode]:
     if _build_error:
         pytest.fail(f"cannot build what the real node needs: {_build_error}", pytrace=False)
     dev = DevCluster(f"pytest-node-{os.getpid()}", owner=True)
-    before = {"iptables": node.iptables_rules(), "nft": node.nft_tables()}
+    before = node.host_state()
     try:
         dev.up(NodeSet(count=1), log=lambda msg: None, real_node=True)
     except (DevClusterError, k8sbin.BuildError, node.NodeError, images.ImageError) as exc:
