@@ -1,6 +1,8 @@
 """The agent's topology publishing: discover from sysfs and publish the NodeTopology at start-up,
-then again every `interval` seconds (an unchanged topology costs one GET). Runs on its own daemon
-thread and retries with back-off, so an unreachable API server never delays a CNI call."""
+again within a second or two of any network link change (netmanager.link_events: a NIC down, VFs
+added), and every `interval` seconds for changes no link event announces (an unchanged topology
+costs one GET). Runs on its own daemon thread and retries with back-off, so an unreachable API
+server never delays a CNI call."""
 
 from __future__ import annotations
 
@@ -9,23 +11,37 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from netmanager.link_events import LinkEvents
+
 log = logging.getLogger("railnet.topology")
 
 
 class TopologyPublisher:
+    SETTLE = 1.0  # after a link event, wait this long so a burst is published once
+
     def __init__(self, kubeconfig: Path, node_name: str, sysfs: Path, interval: float = 300.0) -> None:
         self.kubeconfig = kubeconfig
         self.node_name = node_name
         self.sysfs = sysfs
         self.interval = interval
         self._stop = threading.Event()
+        self._events = LinkEvents()
         self._thread = threading.Thread(target=self._run, name="topology", daemon=True)
 
     def start(self) -> None:
+        self._events.start()
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self._events.changed.set()  # wakes the loop
+        self._events.stop()
+
+    def _sleep(self, seconds: float) -> None:
+        """Until `seconds` pass, a link changes (then settle) or stop() is called."""
+        if self._events.changed.wait(seconds) and not self._stop.is_set():
+            self._stop.wait(self.SETTLE)
+        self._events.changed.clear()
 
     def _run(self) -> None:
         import kubernetes
@@ -45,5 +61,5 @@ class TopologyPublisher:
             except Exception as exc:  # the API server or sysfs: log, back off, try again
                 log.warning("cannot publish NodeTopology: %s", exc, extra={"fields": {"node": self.node_name}})
                 wait, delay = delay, min(delay * 2, 60.0)
-            self._stop.wait(wait)
+            self._sleep(wait)
         api.close()

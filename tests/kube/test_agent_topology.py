@@ -13,7 +13,7 @@ from kubernetes import client
 
 from railnet.dev.devcluster import DevCluster
 from railnet.dev.fixtures import build_fixture
-from railnet.dev.lab import AgentProcess
+from railnet.dev.lab import AgentProcess, Lab
 from tests.kube import kubeutil
 
 GROUP, VERSION, PLURAL = "railnet.io", "v1alpha1", "nodetopologies"
@@ -43,6 +43,39 @@ def test_agent_publishes_its_node_topology(cluster: DevCluster, railnet_crds: li
             assert obj is not None
             assert len(obj["spec"]["gpus"]) == 8 and len(obj["spec"]["nics"]) == 8
             assert obj["metadata"]["ownerReferences"][0]["uid"] == node.metadata.uid
+        finally:
+            agent.stop()
+            core.delete_node(name)
+            with contextlib.suppress(client.ApiException):
+                custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, name)
+
+
+def test_a_link_change_republishes_at_once(cluster: DevCluster, railnet_crds: list[dict[str, Any]],
+                                           core: client.CoreV1Api, custom: client.CustomObjectsApi) -> None:
+    """With a periodic interval of an hour, a NIC whose speed changed (in the fixture) is republished
+    within seconds of a network link event on the host (a veth pair created by the test)."""
+    name = f"rn-topo-{uuid.uuid4().hex[:6]}"
+    core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name=name)))
+    with tempfile.TemporaryDirectory(prefix="rn-topo-") as tmp, Lab("rntl") as lab:
+        root = Path(tmp)
+        build_fixture("hgx-h100", root / "sys")
+        agent = AgentProcess(root / "agent", sysfs=root / "sys")
+        agent.args = ["--kubeconfig", str(cluster.kubeconfig), "--node-name", name, "--publish-topology", "3600",
+                      "--reconcile-interval", "0"]
+
+        def speed_of_mlx5_0() -> int | None:
+            try:
+                obj = custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, name)
+            except client.ApiException:
+                return None
+            return next(n["speedMbps"] for n in obj["spec"]["nics"] if n["rdmaDevice"] == "mlx5_0")
+
+        try:
+            agent.start()
+            kubeutil.wait_for(lambda: speed_of_mlx5_0() == 400000, 60, f"NodeTopology {name} at 400G")
+            (root / "sys/class/infiniband/mlx5_0/ports/1/rate").write_text("200 Gb/sec (4X HDR)\n")
+            lab.nic("ev")  # a link appears on the host: the kernel announces it
+            kubeutil.wait_for(lambda: speed_of_mlx5_0() == 200000, 15, "the change republished after the link event")
         finally:
             agent.stop()
             core.delete_node(name)
