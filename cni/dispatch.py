@@ -25,12 +25,13 @@ from cni.spec.errors import INTERNAL, INVALID_CONFIG, IO_FAILURE, KERNEL_REFUSED
 from cni.spec.exec import PluginExec, exec_plugin
 from cni.spec.request import CniRequest
 from cni.spec.versions import LATEST, SUPPORTED, convert_result
+from cni.sriov.plugin import SriovPlugin
 from ipam.plugin import IpamService
 
 log = logging.getLogger("railnet.cni")
 
 # The plugin names the agent serves; `railnet install-cni` installs the shim under exactly these.
-SERVED_PLUGINS = ("railnet", "railnet-macvlan", "railnet-ipam")
+SERVED_PLUGINS = ("railnet", "railnet-macvlan", "railnet-sriov", "railnet-ipam")
 
 
 class Plugin(Protocol):
@@ -80,6 +81,7 @@ class Dispatcher:
                  run: PluginExec = exec_plugin, pods: PodSource | None = None) -> None:
         plugins: dict[str, Plugin] = {
             "railnet-macvlan": MacvlanPlugin(attachments, IpamCalls(ipam, run), sysfs),
+            "railnet-sriov": SriovPlugin(attachments, IpamCalls(ipam, run), sysfs),
             "railnet-ipam": ipam,  # exec'd by another plugin: answers with the IPAM result
         }
         self.tables = {name: command_table(p) for name, p in plugins.items()}

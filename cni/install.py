@@ -15,7 +15,7 @@ from pathlib import Path
 
 # Exactly the plugins the agent serves: keep equal to cni.dispatch.SERVED_PLUGINS (a unit test
 # checks; importing cni.dispatch here would slow `railnet install-cni` down).
-PLUGIN_NAMES = ("railnet", "railnet-macvlan", "railnet-ipam")
+PLUGIN_NAMES = ("railnet", "railnet-macvlan", "railnet-sriov", "railnet-ipam")
 NATIVE_SHIM = Path(__file__).with_name("native") / "railnet-shim"
 PYTHON_SHIM = Path(__file__).with_name("shim.py")
 

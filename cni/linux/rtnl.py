@@ -24,6 +24,11 @@ NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_NET_NS_FD = 1, 3, 4, 5, 16, 18, 28
 IF_OPER_UNKNOWN, IF_OPER_UP = 0, 6
 IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_MACVLAN_MODE = 1, 2, 1
+# SR-IOV VF settings of a PF (if_link.h): IFLA_VFINFO_LIST > IFLA_VF_INFO > IFLA_VF_*
+IFLA_VFINFO_LIST, IFLA_EXT_MASK, RTEXT_FILTER_VF = 22, 29, 1
+IFLA_VF_INFO, IFLA_VF_MAC, IFLA_VF_VLAN, IFLA_VF_SPOOFCHK, IFLA_VF_LINK_STATE, IFLA_VF_TRUST = 1, 1, 2, 4, 5, 9
+NLA_F_NESTED = 0x8000
+VF_LINK_STATES = {"auto": 0, "enable": 1, "disable": 2}
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 # A new IPv6 address stays `tentative` (no bind(), not a source) for the ~1 s of DAD unless it is
 # added as optimistic; with the interface's optimistic_dad on, DAD still runs and still catches a
@@ -85,6 +90,72 @@ class Link:
     mtu: int
     kind: str | None
     carrier: bool  # operationally up (or a driver that does not report it)
+    up: bool = False  # administratively up (IFF_UP)
+
+
+@dataclass(frozen=True)
+class VfState:
+    """One VF's settings as its PF reports them; None where the driver does not report a value
+    (spoofchk/trust read as -1 on drivers without them)."""
+
+    vf: int
+    mac: str | None
+    vlan: int | None
+    qos: int | None
+    spoofchk: bool | None
+    trust: bool | None
+    link_state: str | None
+
+
+def _vf_info(vf: int, mac: str | None = None, vlan: int | None = None, qos: int = 0,
+             spoofchk: bool | None = None, trust: bool | None = None, link_state: str | None = None) -> bytes:
+    """IFLA_VFINFO_LIST carrying one IFLA_VF_INFO for `vf` with the settings that are not None."""
+    inner = b""
+    if mac is not None:
+        inner += attr(IFLA_VF_MAC, struct.pack("=I", vf) + bytes.fromhex(mac.replace(":", "")).ljust(32, b"\0"))
+    if vlan is not None:
+        inner += attr(IFLA_VF_VLAN, struct.pack("=III", vf, vlan, qos))
+    if spoofchk is not None:
+        inner += attr(IFLA_VF_SPOOFCHK, struct.pack("=II", vf, int(spoofchk)))
+    if link_state is not None:
+        inner += attr(IFLA_VF_LINK_STATE, struct.pack("=II", vf, VF_LINK_STATES[link_state]))
+    if trust is not None:
+        inner += attr(IFLA_VF_TRUST, struct.pack("=II", vf, int(trust)))
+    return attr(IFLA_VFINFO_LIST | NLA_F_NESTED, attr(IFLA_VF_INFO | NLA_F_NESTED, inner))
+
+
+def _vf_flag(info: dict[int, bytes], kind: int) -> bool | None:
+    """spoofchk/trust: {u32 vf, u32 setting}; the kernel reports -1 when the driver has no such knob."""
+    if kind not in info:
+        return None
+    value = struct.unpack_from("=Ii", info[kind])[1]
+    return None if value < 0 else bool(value)
+
+
+def parse_vf_infos(vfinfo_list: bytes) -> dict[int, VfState]:
+    """The VFs of an IFLA_VFINFO_LIST payload, by VF number."""
+    out: dict[int, VfState] = {}
+    offset = 0
+    while offset + _RTATTR.size <= len(vfinfo_list):  # IFLA_VF_INFO repeats: parse_attrs keeps one per type
+        length, _ = _RTATTR.unpack_from(vfinfo_list, offset)
+        if length < _RTATTR.size:
+            break
+        info = parse_attrs(vfinfo_list[offset + _RTATTR.size: offset + length])
+        offset += (length + 3) & ~3
+        if IFLA_VF_MAC not in info:
+            continue
+        vf = struct.unpack_from("=I", info[IFLA_VF_MAC])[0]
+        mac = ":".join(f"{b:02x}" for b in info[IFLA_VF_MAC][4:10])
+        vlan = qos = None
+        if IFLA_VF_VLAN in info:
+            _, vlan, qos = struct.unpack_from("=III", info[IFLA_VF_VLAN])
+
+        state = None
+        if IFLA_VF_LINK_STATE in info:
+            code = struct.unpack_from("=II", info[IFLA_VF_LINK_STATE])[1]
+            state = next((k for k, v in VF_LINK_STATES.items() if v == code), None)
+        out[vf] = VfState(vf, mac, vlan, qos, _vf_flag(info, IFLA_VF_SPOOFCHK), _vf_flag(info, IFLA_VF_TRUST), state)
+    return out
 
 
 class Rtnl:
@@ -98,13 +169,13 @@ class Rtnl:
     def close(self) -> None:
         self.sock.close()
 
-    def _request(self, msg_type: int, flags: int, body: bytes) -> bytes | None:
+    def _request(self, msg_type: int, flags: int, body: bytes, bufsize: int = 65536) -> bytes | None:
         """Send one request; return the reply payload of a GET, None for an acknowledged change."""
         self.seq += 1
         header = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), msg_type, NLM_F_REQUEST | flags, self.seq, 0)
         self.sock.send(header + body)
         while True:
-            data = self.sock.recv(65536)
+            data = self.sock.recv(bufsize)
             offset = 0
             while offset + _NLMSGHDR.size <= len(data):
                 length, kind, _, seq, _ = _NLMSGHDR.unpack_from(data, offset)
@@ -129,14 +200,14 @@ class Rtnl:
                 return None
             raise
         assert reply is not None
-        _, _, index, _, _ = _IFINFOMSG.unpack_from(reply)
+        _, _, index, flags, _ = _IFINFOMSG.unpack_from(reply)
         attrs = parse_attrs(reply[_IFINFOMSG.size:])
         info = parse_attrs(attrs.get(IFLA_LINKINFO, b""))
         kind = info[IFLA_INFO_KIND].rstrip(b"\0").decode() if IFLA_INFO_KIND in info else None
         mac = ":".join(f"{b:02x}" for b in attrs.get(IFLA_ADDRESS, b""))
         oper = attrs.get(IFLA_OPERSTATE, bytes([IF_OPER_UNKNOWN]))[0]
         return Link(index, attrs[IFLA_IFNAME].rstrip(b"\0").decode(), mac,
-                    struct.unpack("=I", attrs[IFLA_MTU])[0], kind, oper in (IF_OPER_UP, IF_OPER_UNKNOWN))
+                    struct.unpack("=I", attrs[IFLA_MTU])[0], kind, oper in (IF_OPER_UP, IF_OPER_UNKNOWN), bool(flags & IFF_UP))
 
     def add_macvlan(self, name: str, parent: int, mode: str, netns_fd: int, mtu: int | None = None,
                     mac: str | None = None) -> None:
@@ -150,6 +221,39 @@ class Rtnl:
         if mac:
             body += attr(IFLA_ADDRESS, bytes.fromhex(mac.replace(":", "")))
         self._request(RTM_NEWLINK, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body)
+
+    def set_link(self, index: int, *, name: str | None = None, mtu: int | None = None,
+                 mac: str | None = None, netns_fd: int | None = None) -> None:
+        """Change a link. With `netns_fd` and `name` it is moved and renamed in one request: the
+        kernel moves it first and renames it there, so its old name may exist in the target."""
+        body = _IFINFOMSG.pack(0, 0, index, 0, 0)
+        if netns_fd is not None:
+            body += u32(IFLA_NET_NS_FD, netns_fd)
+        if name:
+            body += cstr(IFLA_IFNAME, name)
+        if mtu:
+            body += u32(IFLA_MTU, mtu)
+        if mac:
+            body += attr(IFLA_ADDRESS, bytes.fromhex(mac.replace(":", "")))
+        self._request(RTM_NEWLINK, NLM_F_ACK, body)
+
+    def set_down(self, index: int) -> None:
+        self._request(RTM_NEWLINK, NLM_F_ACK, _IFINFOMSG.pack(0, 0, index, 0, IFF_UP))
+
+    def vf_states(self, pf_index: int) -> dict[int, VfState]:
+        """The PF's VF settings (`ip link show <pf>`'s vf lines); empty when it reports none."""
+        body = _IFINFOMSG.pack(0, 0, pf_index, 0, 0) + u32(IFLA_EXT_MASK, RTEXT_FILTER_VF)
+        reply = self._request(RTM_GETLINK, 0, body, bufsize=1 << 20)  # one message per PF: ~200 B per VF
+        assert reply is not None
+        attrs = parse_attrs(reply[_IFINFOMSG.size:])
+        return parse_vf_infos(attrs.get(IFLA_VFINFO_LIST, b""))
+
+    def set_vf(self, pf_index: int, vf: int, *, mac: str | None = None, vlan: int | None = None, qos: int = 0,
+               spoofchk: bool | None = None, trust: bool | None = None, link_state: str | None = None) -> None:
+        """`ip link set <pf> vf <vf> mac .. vlan .. qos .. spoofchk .. trust .. state ..` in one request."""
+        body = _IFINFOMSG.pack(0, 0, pf_index, 0, 0)
+        body += _vf_info(vf, mac, vlan, qos, spoofchk, trust, link_state)
+        self._request(RTM_NEWLINK, NLM_F_ACK, body)
 
     def set_up(self, index: int) -> None:
         self._request(RTM_NEWLINK, NLM_F_ACK, _IFINFOMSG.pack(0, 0, index, IFF_UP, IFF_UP))
