@@ -32,6 +32,8 @@ from ipam.plugin import IpamService
 from ipam.pools import PoolRegistry
 from ipam.sqlite import Database
 from ipam.store import IpamStore
+from netmanager.kubelet import podresources
+from netmanager.kubelet.podresources import PodResources
 from netmanager.server import Server, SocketInUse
 
 log = logging.getLogger("railnet.agent")
@@ -96,7 +98,8 @@ def lock_state_dir(state_dir: Path) -> IO[str]:
 class Agent:
     def __init__(self, state_dir: Path, pools_dir: Path | None, sysfs: Path, kubeconfig: Path | None = None,
                  node_name: str = "", block_grace: float = 30.0, reconcile_interval: float = 60.0,
-                 reconcile_min_age: float = 60.0, meta_cache: bool = True) -> None:
+                 reconcile_min_age: float = 60.0, meta_cache: bool = True,
+                 pod_resources: Path | None = None) -> None:
         db = Database(state_dir / "railnet.db")
         self.attachments = AttachmentStore(db)
         store = IpamStore(db)
@@ -131,8 +134,10 @@ class Agent:
 
                 pods = self.meta_cache = MetaCache.from_kubeconfig(kubeconfig, node_name)
                 self.meta_cache.start()
+        # Asked only for networks bound to a device resource (k8s.v1.cni.cncf.io/resourceName).
+        devices = PodResources(pod_resources) if pod_resources is not None else None
         self.dispatcher = Dispatcher(IpamService(store, PoolRegistry(pools_dir), self.cluster), self.attachments,
-                                     sysfs, pods=pods)
+                                     sysfs, pods=pods, devices=devices)
 
     def close(self) -> None:
         """Stop the cluster store's threads (publishing block status, the IPPool watch, the meta caches)."""
@@ -199,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-meta-cache", dest="meta_cache", action="store_false",
                         help="with --kubeconfig: the meta plugin GETs the pod and its NADs on every ADD instead "
                              "of reading this node's pod and NAD watch caches (for comparison)")
+    parser.add_argument("--pod-resources-socket", type=Path, default=podresources.DEFAULT_SOCKET, metavar="PATH",
+                        help="the kubelet's pod-resources API, for NADs with a resourceName (default %(default)s)")
     parser.add_argument("--workers", type=int, default=8, help="concurrent CNI requests (default %(default)s)")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
@@ -213,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         lock = lock_state_dir(args.state_dir)
         agent = Agent(args.state_dir, args.pools_dir, args.sysfs, args.kubeconfig, args.node_name,
-                      args.block_grace, args.reconcile_interval, args.reconcile_min_age, args.meta_cache)
+                      args.block_grace, args.reconcile_interval, args.reconcile_min_age, args.meta_cache,
+                      args.pod_resources_socket)
         server = Server(args.socket, agent.serve_one, workers=max(1, args.workers))
     except (StateDirBusy, SocketInUse) as exc:
         print(f"railnet agent: {exc}; stop it first (one agent per node)", file=sys.stderr)

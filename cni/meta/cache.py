@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from cni.meta.kube import NAD, KubePods
+from cni.meta.nad import nad_view
 from cni.meta.plugin import Pod, PodSource
 from scheduler.live.kubeapi import KubeApi, endpoint_from_config
 from scheduler.live.reflector import Reflector
@@ -43,8 +44,7 @@ def trim_pod(obj: JSON) -> Pod:
 
 
 def trim_nad(obj: JSON) -> JSON:
-    spec = obj.get("spec")
-    return dict(spec) if isinstance(spec, dict) else {}
+    return nad_view(obj)
 
 
 class Store(Generic[T]):

@@ -14,6 +14,7 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+from cni.meta.nad import nad_view
 from cni.meta.plugin import Pod
 from cni.meta.status import NETWORK_STATUS_ANNOTATION
 from cni.spec.errors import INVALID_CONFIG, TRY_AGAIN_LATER, CniError
@@ -59,10 +60,7 @@ class KubePods:
     def nad(self, namespace: str, name: str) -> dict[str, Any] | None:
         obj = self._get(self.custom.get_namespaced_custom_object,
                         f"get NetworkAttachmentDefinition {namespace}/{name}", *NAD[:2], namespace, NAD[2], name)
-        if obj is None:
-            return None
-        spec = obj.get("spec") if isinstance(obj, dict) else None
-        return dict(spec) if isinstance(spec, dict) else {}
+        return None if obj is None else nad_view(obj)
 
     def set_network_status(self, pod: Pod, value: str) -> None:
         """A merge patch of one annotation; the UID in the body makes it apply to this pod only."""

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cni.meta.devices import RESOURCE_NAME_ANNOTATION
 from cni.spec.errors import INVALID_CONFIG, CniError
 from cni.spec.exec import require_bare_name
 
@@ -35,6 +36,19 @@ def as_conflist(config: dict[str, Any], where: str) -> dict[str, Any]:
     for plugin in conflist["plugins"]:
         require_bare_name(plugin.get("type", ""))  # refused before anything runs
     return conflist
+
+
+def nad_view(obj: Any) -> dict[str, Any]:
+    """What the plugin keeps of a NAD object: its spec, plus its resourceName annotation under that
+    annotation's key (a key no spec field can have)."""
+    if not isinstance(obj, dict):
+        return {}
+    spec = obj.get("spec")
+    view = dict(spec) if isinstance(spec, dict) else {}
+    resource = ((obj.get("metadata") or {}).get("annotations") or {}).get(RESOURCE_NAME_ANNOTATION)
+    if isinstance(resource, str) and resource:
+        view[RESOURCE_NAME_ANNOTATION] = resource
+    return view
 
 
 def from_nad(namespace: str, name: str, spec: dict[str, Any] | None, conf_dir: Path) -> dict[str, Any]:

@@ -22,6 +22,13 @@ from pydantic import ConfigDict, Field, ValidationError
 
 from cni.attachments import AttachmentStore
 from cni.meta import routes
+from cni.meta.devices import (
+    RESOURCE_NAME_ANNOTATION,
+    DeviceAssigner,
+    DeviceSource,
+    device_info,
+    with_device_id,
+)
 from cni.meta.nad import from_conf_dir, from_nad
 from cni.meta.selection import (
     DEFAULT_NETWORK_ANNOTATION,
@@ -29,7 +36,7 @@ from cni.meta.selection import (
     NetworkSelection,
     parse_selections,
 )
-from cni.meta.status import NETWORK_STATUS_ANNOTATION, encode, status_entry
+from cni.meta.status import NETWORK_STATUS_ANNOTATION, encode, pci_device_info, status_entry
 from cni.spec import conflist
 from cni.spec.errors import INTERFACE_EXISTS, INVALID_CONFIG, TRY_AGAIN_LATER, UNKNOWN_CONTAINER, CniError
 from cni.spec.exec import PluginExec
@@ -76,7 +83,11 @@ class PodSource(Protocol):
         `fresh` asks past any cache."""
         ...
 
-    def nad(self, namespace: str, name: str) -> dict[str, Any] | None: ...  # the NAD's spec, None if absent
+    def nad(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The NAD's spec (None if absent), with its k8s.v1.cni.cncf.io/resourceName annotation, if
+        any, under that key (annotation keys cannot clash with spec fields)."""
+        ...
+
     def set_network_status(self, pod: Pod, value: str) -> None: ...
 
 
@@ -87,6 +98,7 @@ class Delegate:
     conflist: dict[str, Any]
     default: bool
     gateways: list[str] | None = None  # the selection's default-route (None: not asked)
+    device_info: dict[str, Any] | None = None  # for network-status (a NIC's PCI address, RDMA device)
 
 
 def parse_conf(config: dict[str, Any]) -> MetaConf:
@@ -110,7 +122,8 @@ def with_capabilities(plugins: dict[str, Any], runtime: dict[str, Any]) -> dict[
     return out
 
 
-def rails_of(chain: dict[str, Any], sel: NetworkSelection, pod: Pod) -> list[tuple[str, dict[str, Any]]]:
+def rails_of(chain: dict[str, Any], sel: NetworkSelection,
+             pod: Pod) -> list[tuple[str, dict[str, Any], dict[str, Any] | None]]:
     """`"rail": "auto"`: one interface per NIC the scheduler allocated to the pod, in rail order,
     each on its own parent NIC and, when the IPAM names a pool with `{rail}`, on that rail's pool.
     Interfaces are `<interface><rail>` when the selection names an interface, else `rail<rail>`."""
@@ -141,18 +154,28 @@ def rails_of(chain: dict[str, Any], sel: NetworkSelection, pod: Pod) -> list[tup
             first["ipam"] = {**ipam, "pool": ipam["pool"].replace("{rail}", str(rail.rail))}
         ifname = f"{prefix}{rail.rail}"
         validate_ifname(ifname)
-        out.append((ifname, {**chain, "plugins": [first, *chain["plugins"][1:]]}))
+        info = pci_device_info(nic.pci_address, nic.rdma_device) if nic.pci_address else None
+        out.append((ifname, {**chain, "plugins": [first, *chain["plugins"][1:]]}, info))
     if not out:
         raise CniError(INVALID_CONFIG, f"network {sel.key} asks for rail: auto but the pod's allocation has no rails",
                        "ask for GPUs and RDMA NICs together (nvidia.com/gpu and rdma/roce) so the scheduler pairs them")
     return out
 
 
+def result_device_info(result: dict[str, Any], ifname: str) -> dict[str, Any] | None:
+    """device-info from a delegate's own result: the interface's `pciID` (CNI spec, e.g. an SR-IOV VF)."""
+    iface: dict[str, Any] = next((i for i in result.get("interfaces", []) if i.get("name") == ifname), {})
+    pci = iface.get("pciID")
+    return device_info(pci) if isinstance(pci, str) else None
+
+
 class MetaPlugin:
-    def __init__(self, attachments: AttachmentStore, source: PodSource | None, run: PluginExec) -> None:
+    def __init__(self, attachments: AttachmentStore, source: PodSource | None, run: PluginExec,
+                 devices: DeviceSource | None = None) -> None:
         self.attachments = attachments
         self.source = source
         self.run = run
+        self.devices = devices
 
     # ---- planning ---------------------------------------------------------------------------
     def _pod(self, req: CniRequest) -> Pod | None:
@@ -185,13 +208,22 @@ class MetaPlugin:
         plan = [Delegate(primary_name, req.ifname, from_conf_dir(primary_name, conf.conf_dir), True)]
         if pod is None:
             return plan
+        assigner = DeviceAssigner(self.devices, pod.namespace, pod.name)
         defaults = [] if pod.namespace in conf.system_namespaces else conf.default_networks
         text = ", ".join([*defaults, annotations.get(NETWORKS_ANNOTATION, "")]).strip(", ")
         for sel in parse_selections(text, pod.namespace, primary_ifname=req.ifname,
                                     isolation=conf.namespace_isolation,
                                     global_namespaces=tuple(conf.global_namespaces)):
             assert sel.interface is not None
-            chain = from_nad(sel.namespace or pod.namespace, sel.name, self._nad(sel), conf.conf_dir)
+            spec = self._nad(sel)
+            chain = from_nad(sel.namespace or pod.namespace, sel.name, spec, conf.conf_dir)
+            info = None
+            if sel.device_id:
+                assigner.check_named(sel.key, sel.device_id)
+                info = device_info(sel.device_id)
+            elif isinstance(spec.get(RESOURCE_NAME_ANNOTATION), str):
+                device = assigner.for_resource(sel.key, spec[RESOURCE_NAME_ANNOTATION])
+                chain, info = with_device_id(chain, device), device_info(device)
             if sel.cni_args:
                 chain = {**chain, "plugins": [{**p, "args": {"cni": sel.cni_args}} for p in chain["plugins"]]}
             chain = with_capabilities(chain, sel.runtime_config())
@@ -199,10 +231,10 @@ class MetaPlugin:
                 if ALLOCATION_ANNOTATION not in pod.annotations and self.source is not None:
                     # a cached copy may predate the scheduler's write of the allocation: ask once more
                     pod = self.source.pod(pod.namespace, pod.name, pod.uid, fresh=True) or pod
-                plan += [Delegate(sel.key, ifname, rail_chain, False, sel.default_route)
-                         for ifname, rail_chain in rails_of(chain, sel, pod)]
+                plan += [Delegate(sel.key, ifname, rail_chain, False, sel.default_route, rail_info)
+                         for ifname, rail_chain, rail_info in rails_of(chain, sel, pod)]
             else:
-                plan.append(Delegate(sel.key, sel.interface, chain, False, sel.default_route))
+                plan.append(Delegate(sel.key, sel.interface, chain, False, sel.default_route, info))
         names = [d.ifname for d in plan]
         duplicate = next((n for n in names if names.count(n) > 1), None)
         if duplicate:
@@ -272,7 +304,8 @@ class MetaPlugin:
             raise CniError(exc.code, f"network {d.network} ({d.ifname}): {exc.msg}", exc.details) from None
 
     def _write_status(self, pod: Pod, plan: list[Delegate], results: list[dict[str, Any] | None]) -> None:
-        entries = [status_entry(d.network, d.ifname, canonical_result(r), default=d.default)
+        entries = [status_entry(d.network, d.ifname, canonical_result(r), default=d.default,
+                                device_info=d.device_info or result_device_info(canonical_result(r), d.ifname))
                    for d, r in zip(plan, results, strict=True) if r is not None]
         try:
             assert self.source is not None

@@ -11,6 +11,7 @@ IDs (the CNI plugin gets the NIC).
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Iterator
 from concurrent import futures
@@ -74,9 +75,9 @@ class DevicePlugin:
     """`with DevicePlugin(kubelet_root, "railnet.io/rail0-vf", ids):` serves, is registered; stops on exit."""
 
     def __init__(self, kubelet_root: Path, resource: str, device_ids: list[str]) -> None:
-        stem = resource.replace("/", "-").replace(".", "-")
+        stem = "dp-" + hashlib.sha256(resource.encode()).hexdigest()[:8]  # socket paths are limited to 107 bytes
         self.socket = kubelet_root / "plugins" / f"{stem}.sock"
-        self.registry_socket = kubelet_root / "plugins_registry" / f"{stem}-reg.sock"
+        self.registry_socket = kubelet_root / "plugins_registry" / f"{stem}.reg"
         self.resource = resource
         self.device_ids = device_ids
         self._stopped = threading.Event()

@@ -25,6 +25,7 @@ from kubernetes import client, dynamic
 
 from cni.meta import netconf
 from railnet.dev import node
+from railnet.dev.deviceplugin import DevicePlugin
 from railnet.dev.lab import AgentProcess, Lab
 from tests.kube import kubeutil
 from tests.node import helpers as h
@@ -45,7 +46,8 @@ class RailnetOnNode:
         # The shim only follows an agentSocket below /run/railnet/: the agent's whole root lives there.
         self.root = Path("/run/railnet") / f"node-test-{uuid.uuid4().hex[:8]}"
         self.agent = AgentProcess(self.root)
-        self.agent.args = ["--kubeconfig", str(rn.cluster.kubeconfig), "--node-name", rn.name]
+        self.agent.args = ["--kubeconfig", str(rn.cluster.kubeconfig), "--node-name", rn.name,
+                           "--pod-resources-socket", str(rn.layout.kubelet_root / "pod-resources" / "kubelet.sock")]
         lab.agents.append(self.agent)
         self.agent.start()
         self.install("--agent-socket", str(self.agent.socket))
@@ -203,3 +205,33 @@ def test_a_broken_rail_fails_the_sandbox_with_the_cni_error_and_leaks_nothing(ra
     kubeutil.wait_for(lambda: railnet_node.allocations() == 0, 60, "rail 0's address rolled back")
     kubeutil.wait_for(lambda: not h.netns_mounts(rn.layout), 60, "sandbox netns removed")
     assert h.bridge_ports(rn.layout.bridge) == set(), "the primary's veth was rolled back too"
+
+
+def test_a_network_bound_to_a_device_resource_gets_the_pods_device(railnet_node: RailnetOnNode, ns: str) -> None:
+    """Multus's resourceName: the kubelet allocates a device (from a device plugin) to the pod, and the
+    network bound to that resource is attached with it: deviceID to the delegate, device-info in status."""
+    rn = railnet_node.rn
+    core = rn.core
+    resource, devices = "railnet.io/rail0-vf", ["0000:17:00.2", "0000:17:00.3"]
+    custom = client.CustomObjectsApi(rn.api_client)
+    config = {"cniVersion": "1.0.0", "type": "railnet-macvlan", "master": railnet_node.nics["rail0"],
+              "ipam": {"type": "railnet-ipam", "ranges": [[{"subnet": RAILS["rail0"]}]]}}
+    custom.create_namespaced_custom_object(*NAD_API[:2], ns, NAD_API[2], {
+        "apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+        "metadata": {"name": "vf-rail", "annotations": {"k8s.v1.cni.cncf.io/resourceName": resource}},
+        "spec": {"config": json.dumps(config)}})
+    with DevicePlugin(rn.layout.kubelet_root, resource, devices):
+        kubeutil.wait_for(lambda: (core.read_node(rn.name).status.allocatable or {}).get(resource) == "2", 60,
+                          f"{resource} advertised by the kubelet")
+        manifest = h.sleeper("holder")
+        manifest["metadata"]["annotations"] = {"k8s.v1.cni.cncf.io/networks": "vf-rail"}
+        manifest["spec"]["containers"][0]["resources"] = {"limits": {resource: "1"}}
+        core.create_namespaced_pod(ns, manifest)
+        h.running(core, ns, "holder")
+        status = json.loads(core.read_namespaced_pod("holder", ns).metadata.annotations[
+            "k8s.v1.cni.cncf.io/network-status"])
+        rail = next(s for s in status if s["interface"] == "net1")
+        assert rail["device-info"]["pci"]["pci-address"] in devices, rail
+        core.delete_namespaced_pod("holder", ns, grace_period_seconds=0)
+        h.gone(core, ns, "holder")
+    kubeutil.wait_for(lambda: railnet_node.allocations() == 0, 60, "the rail address released")
