@@ -262,3 +262,19 @@ def test_agent_killed_with_the_vf_in_the_pod(sriov: Sriov, pod: str, point: str)
     delete = sriov.env.call("railnet-sriov", "DEL", conf(), cid="c9", ifname="net1", netns=pod)
     assert delete.ok, delete.output
     assert_vf_home(sriov, pod, before["address"], before["mtu"])
+
+
+def test_gc_returns_vfs_of_attachments_no_longer_listed_and_status(sriov: Sriov, pod: str) -> None:
+    before = link_json(sriov.vf)
+    assert before is not None
+    assert sriov.env.call("railnet-sriov", "STATUS", conf()).ok
+    status = sriov.env.call("railnet-sriov", "STATUS", conf(deviceID=VF1))
+    assert_error(status, errors.NOT_AVAILABLE, "in use or has no netdev")
+    add = sriov.env.call("railnet-sriov", "ADD", conf(), cid="c10", ifname="net1", netns=pod)
+    assert add.ok, add.output
+    keep = conf(**{"cni.dev/valid-attachments": [{"containerID": "c10", "ifname": "net1"}]})
+    assert sriov.env.call("railnet-sriov", "GC", keep).ok
+    assert links_in(pod) == ["lo", "net1"] and sriov.env.records() == 1
+    gone = conf(**{"cni.dev/valid-attachments": []})
+    assert sriov.env.call("railnet-sriov", "GC", gone).ok
+    assert_vf_home(sriov, pod, before["address"], before["mtu"])
