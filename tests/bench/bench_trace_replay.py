@@ -1,6 +1,6 @@
 """Trace replay (openb, Alibaba cluster-trace-gpu-v2023): railnet vs FGD, BestFit and Random.
 
-    .venv/bin/python tests/bench/bench_trace_replay.py --openb-dir DIR [--seeds 10]
+    .venv/bin/python tests/bench/bench_trace_replay.py --openb-dir DIR [--seeds 10] [--traces all]
 
 Methodology of the FGD paper (Weng et al., USENIX ATC 2023; see ``scheduler.replay``): per-seed
 shuffle, workload tuned to 130 % of GPU capacity, pods never leave, GPU allocation % at 100 % and
@@ -12,6 +12,11 @@ chosen on other seeds (``TUNING_SEEDS``) by ``sweep_stranding_weight.py``. railn
 only; FGD gets the whole trace's shape distribution in advance, as in the paper. Besides means,
 the script prints the per-seed paired difference railnet - FGD at 130 %.
 
+``--traces all`` replays the 17 variants with published results (``openb.TRACES``); the default is
+default and multigpu50. After the per-variant tables it prints one summary row per variant: railnet
+and our FGD measured, the published FGD, and the paired differences railnet - FGD at 130 %.
+``--json FILE`` also writes every per-seed value.
+
 Without ``--openb-dir`` / ``RAILNET_OPENB_DIR`` it replays a generated trace in the openb format
 and says so: the published comparison needs the real trace (see ``openb.py``).
 """
@@ -19,6 +24,7 @@ and says so: the published comparison needs the real trace (see ``openb.py``).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -28,7 +34,17 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from openb import HOW_TO_GET, PUBLISHED, TRACES, TraceSource, add_option, resolve  # noqa: E402
+from openb import (  # noqa: E402
+    HOW_TO_GET,
+    PUBLISHED,
+    TraceSource,
+    add_option,
+    add_traces_option,
+    available,
+    parse_traces,
+    published_fgd,
+    resolve,
+)
 
 from scheduler.policies import POLICIES, STRANDING_WEIGHT, TUNING_SEEDS, make_policy  # noqa: E402
 from scheduler.replay import CHECKPOINTS, FIRST_SEED, ReplayResult, replay  # noqa: E402
@@ -41,7 +57,15 @@ def run(source: TraceSource, trace: str, policy: str, seeds: range) -> tuple[lis
     rows = load_nodes(source.nodes())
     pods = load_pods(source.pods(trace))
     started = time.perf_counter()
-    results = [replay(rows, pods, make_policy(policy, pods), seed) for seed in seeds]
+    results = []
+    for seed in seeds:
+        results.append(replay(rows, pods, make_policy(policy, pods), seed))
+        print(
+            f"  [{trace} {policy} seed {seed}: {at(results[-1], 130):.2f} % at 130 %, "
+            f"{results[-1].seconds:.0f} s]",
+            file=sys.stderr,
+            flush=True,
+        )
     return results, time.perf_counter() - started
 
 
@@ -49,7 +73,10 @@ def at(result: ReplayResult, point: int) -> float:
     return result.allocation_at(point) or 0.0
 
 
-def report_trace(source: TraceSource, trace: str, policies: list[str], seeds: range) -> None:
+Summary = dict[str, object]
+
+
+def report_trace(source: TraceSource, trace: str, policies: list[str], seeds: range) -> Summary:
     measured = {name: run(source, trace, name, seeds) for name in policies}
     capacity = next(iter(measured.values()))[0][0].capacity_milli / 1000
     print()
@@ -57,10 +84,12 @@ def report_trace(source: TraceSource, trace: str, policies: list[str], seeds: ra
     print()
     print("| policy | source | alloc % at 100 % | alloc % at 130 % | idle GPUs at 130 % | wall s |")
     print("|---|---|---|---|---|---|")
+    summary: Summary = {"trace": trace, "seeds": list(seeds)}
     for name, (results, seconds) in measured.items():
         a100, a130 = (statistics.fmean(at(r, p) for r in results) for p in CHECKPOINTS)
         idle = capacity * (100 - a130) / 100
         print(f"| {name} | measured | {a100:.2f} | {a130:.2f} | {idle:.0f} | {seconds:.0f} |")
+        summary[name] = {"at100": [at(r, 100) for r in results], "at130": [at(r, 130) for r in results]}
     if source.real:
         for (row_trace, name), (a100, a130) in PUBLISHED.items():
             if row_trace == trace:
@@ -76,25 +105,69 @@ def report_trace(source: TraceSource, trace: str, policies: list[str], seeds: ra
             f"paired difference: mean {statistics.fmean(diffs):+.2f}, min {min(diffs):+.2f}, "
             f"max {max(diffs):+.2f} points; railnet higher on {wins} of {len(diffs)} seeds"
         )
+    sys.stdout.flush()
+    return summary
+
+
+def print_summary(summaries: list[Summary], real: bool) -> None:
+    """One row per variant: railnet and FGD measured, the published FGD, paired differences."""
+    rows = [s for s in summaries if "railnet" in s and "fgd" in s]
+    if not rows:
+        return
+    n = len(rows[0]["seeds"])  # type: ignore[arg-type]
+    print()
+    print(f"summary at 130 % arrived demand, {n} held-out seed(s) per variant")
+    print()
+    print(
+        "| variant | railnet | FGD (ours) | FGD (published) | railnet - published | "
+        "railnet - FGD (ours) per seed: mean | min | max | wins |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    beat_published = 0
+    for s in rows:
+        ours: list[float] = s["railnet"]["at130"]  # type: ignore[index]
+        fgd: list[float] = s["fgd"]["at130"]  # type: ignore[index]
+        diffs = [a - b for a, b in zip(ours, fgd, strict=True)]
+        mean = statistics.fmean(ours)
+        published = published_fgd(str(s["trace"])) if real else None
+        pub = f"{published[1]:.2f}" if published else "-"
+        vs_pub = f"{mean - published[1]:+.2f}" if published else "-"
+        beat_published += bool(published and mean > published[1])
+        print(
+            f"| {s['trace']} | {mean:.2f} | {statistics.fmean(fgd):.2f} | {pub} | {vs_pub} | "
+            f"{statistics.fmean(diffs):+.2f} | {min(diffs):+.2f} | {max(diffs):+.2f} | "
+            f"{sum(d > 0 for d in diffs)}/{len(diffs)} |"
+        )
+    if real:
+        print()
+        print(f"railnet above the published FGD mean at 130 % on {beat_published} of {len(rows)} variants")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="openb trace replay: railnet vs FGD, BestFit, Random")
     add_option(parser)
+    add_traces_option(parser)
     parser.add_argument("--seeds", type=int, default=5, help="held-out seeds 42 upwards (report: 10)")
     parser.add_argument("--policies", default=",".join(ORDER), help=f"subset of {','.join(POLICIES)}")
+    parser.add_argument("--json", type=Path, help="also write every per-seed value to this file")
     args = parser.parse_args(argv)
     policies = [p for p in args.policies.split(",") if p]
     seeds = range(FIRST_SEED, FIRST_SEED + args.seeds)
-    source = resolve(args.openb_dir)
+    traces = parse_traces(args.traces)
+    source = resolve(args.openb_dir, traces)
+    traces = available(source, traces)
     print(
         f"trace replay, FGD methodology, held-out seeds {seeds[0]}..{seeds[-1]}, "
         f"railnet stranding weight {STRANDING_WEIGHT:g} (chosen on tuning seeds {TUNING_SEEDS}), python {sys.version.split()[0]}"
     )
     if not source.real:
         print(f"NOT openb: a generated trace in its format. {HOW_TO_GET}.")
-    for trace in TRACES:
-        report_trace(source, trace, policies, seeds)
+    summaries = []
+    for trace in traces:
+        summaries.append(report_trace(source, trace, policies, seeds))
+        if args.json:
+            args.json.write_text(json.dumps(summaries, indent=1) + "\n")
+    print_summary(summaries, source.real)
     return 0
 
 
