@@ -315,9 +315,11 @@ class MetaPlugin:
 
     # ---- DEL, CHECK, GC, STATUS -----------------------------------------------------------------
     def _delete(self, req: CniRequest, plan: list[Delegate], results: list[dict[str, Any] | None]) -> None:
-        """Every planned delegate, each even if another failed: the secondaries in parallel (they are
-        independent, as on ADD), then the primary last; the first error in plan order is raised."""
-        def one(d: Delegate, result: dict[str, Any] | None) -> CniError | None:
+        """Every planned delegate, each even if another failed, all at once: their interfaces are
+        independent and DEL has no order to keep (a network's DEL never needs another network's
+        interface); the first error in plan order is raised."""
+        def one(pair: tuple[Delegate, dict[str, Any] | None]) -> CniError | None:
+            d, result = pair
             try:
                 conflist.delete(d.conflist, self._env(req, d.ifname), result, self.run)
             except CniError as exc:
@@ -325,13 +327,11 @@ class MetaPlugin:
             return None
 
         pairs = list(zip(plan, results, strict=True))
-        errors: list[CniError | None] = []
-        if len(pairs) > 2:
-            with ThreadPoolExecutor(len(pairs) - 1, thread_name_prefix="delegate") as pool:
-                errors = list(pool.map(lambda p: one(*p), pairs[1:]))
-        elif len(pairs) == 2:
-            errors = [one(*pairs[1])]
-        errors.insert(0, one(*pairs[0]) if pairs else None)
+        if len(pairs) > 1:
+            with ThreadPoolExecutor(len(pairs), thread_name_prefix="delegate") as pool:
+                errors = list(pool.map(one, pairs))
+        else:
+            errors = [one(p) for p in pairs]
         first = next((e for e in errors if e is not None), None)
         if first is not None:
             raise first

@@ -118,8 +118,8 @@ def test_primary_first_then_every_secondary_and_status(tmp_path: Path, conf_dir:
     run.calls.clear()
     meta.delete(request("DEL", meta_conf(conf_dir)))
     dels = [c for c in run.calls if c[1] == "DEL"]
-    assert dels[-2:] == [("portmap", "DEL", "eth0"), ("calico", "DEL", "eth0")]  # primary last, in reverse
-    assert {c[2] for c in dels[:-2]} == {"net1", "rdma1", "net3"}
+    assert [c for c in dels if c[2] == "eth0"] == [("portmap", "DEL", "eth0"), ("calico", "DEL", "eth0")]
+    assert {c[2] for c in dels if c[2] != "eth0"} == {"net1", "rdma1", "net3"}
     assert store.get("c1", "eth0") is None
 
 
@@ -279,5 +279,24 @@ def test_secondaries_are_added_and_deleted_in_parallel(tmp_path: Path, conf_dir:
     meta.add(request("ADD", meta_conf(conf_dir)))
     meta.delete(request("DEL", meta_conf(conf_dir)))
     dels = [c for c in inner.calls if c[1] == "DEL"]
-    assert dels[-2:] == [("portmap", "DEL", "eth0"), ("calico", "DEL", "eth0")]  # the primary still goes last
+    primary = [c for c in dels if c[2] == "eth0"]
+    assert primary == [("portmap", "DEL", "eth0"), ("calico", "DEL", "eth0")]  # its own chain, in reverse
+    assert store.get("c1", "eth0") is None
+
+
+def test_del_runs_every_network_at_once_primary_included(tmp_path: Path, conf_dir: Path) -> None:
+    """The primary and both secondaries wait for each other at one barrier on DEL."""
+    pod = Pod("ml", "trainer-0", "u1", {"k8s.v1.cni.cncf.io/networks": "rail0, rail1"})
+    nads = {"ml/rail0": nad("railnet-macvlan"), "ml/rail1": nad("railnet-macvlan")}
+    barrier = threading.Barrier(3, timeout=5)
+    inner = Recorder()
+
+    def run(plugin_type: str, command: str, config: dict[str, Any], env: dict[str, str]) -> dict[str, Any] | None:
+        if command == "DEL" and plugin_type in ("railnet-macvlan", "portmap"):  # portmap: the primary's first DEL
+            barrier.wait()
+        return inner(plugin_type, command, config, env)
+
+    meta, store = plugin(tmp_path, FakeCluster(pod, nads), run)  # type: ignore[arg-type]
+    meta.add(request("ADD", meta_conf(conf_dir)))
+    meta.delete(request("DEL", meta_conf(conf_dir)))
     assert store.get("c1", "eth0") is None
