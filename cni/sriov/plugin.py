@@ -27,8 +27,9 @@ from pydantic import AliasChoices, ConfigDict, Field, ValidationError, model_val
 from cni import faults
 from cni.attachments import Attachment, AttachmentStore
 from cni.ipam_calls import IpamCalls
+from cni.linux import rdma
 from cni.linux.iface import check_sysctl_overrides, configure_iface, netlink
-from cni.linux.netns import NetNS, NetnsError
+from cni.linux.netns import NetNS, NetnsError, entered
 from cni.linux.rtnl import Link, Rtnl, RtnlError
 from cni.macvlan.plugin import MacvlanPlugin, merge_prev, recorded_rules
 from cni.spec.errors import (
@@ -179,6 +180,8 @@ class SriovPlugin:
                         pf.index, vf.index, **wanted)
             rollback.push("VF in the pod", lambda: self._return(ns, req.ifname, state, mac))
             self._move_in(req, vf_link, ns)
+            if state["rdmaMove"]:  # exclusive RDMA netns mode: verbs only work where the device is
+                self._rdma_in(state, ns)
             link = ns.rtnl.link(req.ifname)
             if link is None:
                 raise CniError(KERNEL_REFUSED, f"VF {vf.pci_address} vanished right after it was moved")
@@ -222,7 +225,40 @@ class SriovPlugin:
         return {"pciAddress": vf.pci_address, "vfIndex": vf.index, "pfPciAddress": vf.pf_pci_address,
                 "pfNetdev": vf.pf_netdev, "rdmaDevice": vf.rdma_device, "hostName": vf_link.name,
                 "hostIndex": vf_link.index, "hostMac": vf_link.mac, "hostMtu": vf_link.mtu, "hostUp": vf_link.up,
-                "set": sorted(wanted), "previous": previous}
+                "set": sorted(wanted), "previous": previous,
+                "rdmaMove": bool(vf.rdma_device) and self._rdma_exclusive()}
+
+    @staticmethod
+    def _rdma_exclusive() -> bool:
+        try:
+            return rdma.exclusive_mode()
+        except rdma.RdmaError as exc:
+            raise CniError(KERNEL_REFUSED, "cannot read the RDMA subsystem's netns mode",
+                           f"{exc.strerror} (errno {exc.errno})") from None
+
+    def _rdma_in(self, state: dict[str, Any], ns: NetNS) -> None:
+        name = state["rdmaDevice"]
+        try:
+            with rdma.RdmaNetlink() as nl:
+                moved = nl.move(name, ns.fd)
+        except rdma.RdmaError as exc:
+            raise CniError(KERNEL_REFUSED, f"kernel refused to move RDMA device {name} into the pod",
+                           f"{exc.strerror} (errno {exc.errno})") from None
+        if not moved:
+            raise CniError(MASTER_NOT_FOUND, f"RDMA device {name} of VF {state['pciAddress']} is not in the "
+                           "host namespace", "another pod may hold it (exclusive RDMA netns mode)")
+
+    def _rdma_back(self, ns: NetNS, state: dict[str, Any]) -> None:
+        """The VF's RDMA device from the pod back to the host (before its netdev, as it went in after)."""
+        name = state["rdmaDevice"]
+        try:
+            with entered(ns.fd):  # a NETLINK_RDMA socket sees the devices of the namespace it was opened in
+                nl = rdma.RdmaNetlink()
+            with nl:
+                nl.move(name, self.host_ns)  # False: it never went in, or already came back
+        except rdma.RdmaError as exc:
+            raise CniError(KERNEL_REFUSED, f"kernel refused to move RDMA device {name} back to the host",
+                           f"{exc.strerror} (errno {exc.errno})") from None
 
     def _move_in(self, req: CniRequest, vf_link: Link, ns: NetNS) -> None:
         if ns.rtnl.link(req.ifname) is not None:  # the kernel would move it first, then fail the rename
@@ -242,6 +278,8 @@ class SriovPlugin:
     # ---- putting a VF back ------------------------------------------------------------------
     def _return(self, ns: NetNS, ifname: str, state: dict[str, Any], mac: str | None) -> None:
         """Move our VF out of the pod under its host name (undo of the move; also DEL's path)."""
+        if state.get("rdmaMove"):
+            self._rdma_back(ns, state)
         link = self._ours_in_pod(ns, ifname, state, mac)
         if link is not None:
             netlink(f"bring {link.name} down", ns.rtnl.set_down, link.index)
