@@ -1,11 +1,12 @@
-"""`railnet`, the meta plugin: the pod's primary network first (the cluster's own CNI, e.g. Calico;
-a conflist from the node's CNI conf dir), then each secondary network the pod selects, in parallel.
+"""`railnet`, the meta plugin: the pod's primary network (the cluster's own CNI, e.g. Calico; a
+conflist from the node's CNI conf dir) and each secondary network the pod selects, all at once.
 
 ADD: read the pod (by namespace/name, checked by UID) -> parse its selections -> resolve each to a
-conflist (NAD) -> record the plan -> primary ADD -> secondaries ADD, one thread each -> record the
-results -> write network-status back. Any failure deletes everything added so far, primary
-included, and the error names the network and its delegate. DEL runs the recorded plan in reverse
-with the recorded results, so it works when the pod, the NAD or the API server is gone. railnet's
+conflist (NAD) -> record the plan -> every network's ADD, one thread each (no delegate needs
+another's interface) -> record the results -> write network-status back. Any failure deletes
+everything added, primary included, and the error names the network and its delegate. DEL runs
+the recorded plan with the recorded results, all at once too, so it works when the pod, the NAD or
+the API server is gone. railnet's
 own plugins run in-process (no exec, no second trip through the agent); others are exec'd.
 """
 
@@ -260,12 +261,15 @@ class MetaPlugin:
         with Rollback(f"meta ADD {req.container_id}") as rollback:
             rollback.push("record", lambda: self.attachments.drop(req.container_id, req.ifname))
             rollback.push("delegates", lambda: self._delete(req, plan, results))
-            results[0] = self._add_one(req, plan[0])
-            if len(plan) > 1:
-                with ThreadPoolExecutor(len(plan) - 1, thread_name_prefix="delegate") as pool:
-                    futures = [pool.submit(self._add_one, req, d) for d in plan[1:]]
+            # Every network at once, the primary included: no delegate needs another's interface,
+            # and a failure anywhere deletes them all (the rollback above), primary included.
+            if len(plan) == 1:
+                results[0] = self._add_one(req, plan[0])
+            else:
+                with ThreadPoolExecutor(len(plan), thread_name_prefix="delegate") as pool:
+                    futures = [pool.submit(self._add_one, req, d) for d in plan]
                     errors = []
-                    for i, future in enumerate(futures, start=1):
+                    for i, future in enumerate(futures):
                         try:
                             results[i] = future.result()
                         except CniError as exc:

@@ -103,9 +103,10 @@ def test_primary_first_then_every_secondary_and_status(tmp_path: Path, conf_dir:
     meta, store = plugin(tmp_path, cluster, run)
     result = meta.add(request("ADD", meta_conf(conf_dir)))
     adds = [c for c in run.calls if c[1] == "ADD"]
-    assert adds[:2] == [("calico", "ADD", "eth0"), ("portmap", "ADD", "eth0")]  # the primary's chain, first
-    assert sorted(adds[2:]) == [("railnet-macvlan", "ADD", "net1"), ("railnet-macvlan", "ADD", "net3"),
-                                ("railnet-macvlan", "ADD", "rdma1")]
+    assert [c for c in adds if c[2] == "eth0"] == [("calico", "ADD", "eth0"), ("portmap", "ADD", "eth0")]
+    assert sorted(c for c in adds if c[2] != "eth0") == [("railnet-macvlan", "ADD", "net1"),
+                                                         ("railnet-macvlan", "ADD", "net3"),
+                                                         ("railnet-macvlan", "ADD", "rdma1")]
     assert [i["name"] for i in result["interfaces"]] == ["eth0"]  # the runtime gets the primary's result
     status = json.loads(cluster.status["ml/trainer-0"])
     assert [(s["name"], s["interface"], s["default"]) for s in status] == [
@@ -284,16 +285,17 @@ def test_secondaries_are_added_and_deleted_in_parallel(tmp_path: Path, conf_dir:
     assert store.get("c1", "eth0") is None
 
 
-def test_del_runs_every_network_at_once_primary_included(tmp_path: Path, conf_dir: Path) -> None:
-    """The primary and both secondaries wait for each other at one barrier on DEL."""
+def test_add_and_del_run_every_network_at_once_primary_included(tmp_path: Path, conf_dir: Path) -> None:
+    """The primary and both secondaries wait for each other at one barrier, on ADD and on DEL."""
     pod = Pod("ml", "trainer-0", "u1", {"k8s.v1.cni.cncf.io/networks": "rail0, rail1"})
     nads = {"ml/rail0": nad("railnet-macvlan"), "ml/rail1": nad("railnet-macvlan")}
-    barrier = threading.Barrier(3, timeout=5)
+    barriers = {"ADD": threading.Barrier(3, timeout=5), "DEL": threading.Barrier(3, timeout=5)}
     inner = Recorder()
+    first_of_primary = {"ADD": "calico", "DEL": "portmap"}  # DEL runs the primary's chain in reverse
 
     def run(plugin_type: str, command: str, config: dict[str, Any], env: dict[str, str]) -> dict[str, Any] | None:
-        if command == "DEL" and plugin_type in ("railnet-macvlan", "portmap"):  # portmap: the primary's first DEL
-            barrier.wait()
+        if plugin_type in ("railnet-macvlan", first_of_primary[command]):
+            barriers[command].wait()
         return inner(plugin_type, command, config, env)
 
     meta, store = plugin(tmp_path, FakeCluster(pod, nads), run)  # type: ignore[arg-type]
