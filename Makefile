@@ -40,7 +40,7 @@ lint: setup
 
 typecheck: setup
 	$(VENV)/bin/mypy cni ipam
-	$(VENV)/bin/mypy netmanager scheduler railnet
+	$(VENV)/bin/mypy netmanager scheduler railnet jobs
 
 k8s-bin: setup
 	$(PY) -m railnet.dev.k8sbin build

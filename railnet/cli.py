@@ -16,6 +16,7 @@ COMMANDS = {
     "topo": ("netmanager.topology.cli", "show this node's GPU/NIC/PCIe/NUMA topology"),
     "simulate": ("scheduler.simulate", "replay a cluster trace through the scheduler"),
     "scheduler": ("scheduler.live.loop", "schedule pods (schedulerName railnet) on the API server: GPUs + RDMA NICs, gangs"),
+    "controller": ("jobs.controller", "reconcile TFJobs/PyTorchJobs (KubeDL + Kubeflow APIs): pods, Services, host ports"),
     "dev-cluster": ("railnet.dev.devcluster", "run a local Kubernetes control plane (up|down|status)"),
 }
 

@@ -50,8 +50,9 @@ def _created_age(pod: PodState) -> float | None:
 class Events:
     """core/v1 Events on pods (and PodGroups), deduplicated: one event per (object, reason, message)."""
 
-    def __init__(self, api: KubeApi, pool: concurrent.futures.Executor, scheduler_name: str) -> None:
-        self.api, self.pool, self.scheduler_name = api, pool, scheduler_name
+    def __init__(self, api: KubeApi, pool: concurrent.futures.Executor, scheduler_name: str,
+                 component: str = COMPONENT) -> None:
+        self.api, self.pool, self.scheduler_name, self.component = api, pool, scheduler_name, component
         self._sent: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
 
@@ -76,8 +77,8 @@ class Events:
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"name": f"{involved['name']}.{uuid.uuid4().hex[:12]}", "namespace": namespace},
             "involvedObject": involved, "reason": reason, "message": message[:1024],
-            "type": "Warning" if warning else "Normal", "source": {"component": COMPONENT},
-            "reportingComponent": COMPONENT, "reportingInstance": self.scheduler_name,
+            "type": "Warning" if warning else "Normal", "source": {"component": self.component},
+            "reportingComponent": self.component, "reportingInstance": self.scheduler_name,
             "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         }
         self.pool.submit(self._send, namespace, body)
@@ -109,7 +110,20 @@ class Binder:
             self.in_flight += 1
         self.pool.submit(self._bind, decision)
 
-    def _bind(self, d: Decision) -> None:
+    def submit_all(self, decisions: list[Decision], gang: bool = False) -> None:
+        """Send one unit's binds at once (they run concurrently on the pool); for a gang, observe
+        ``gang_bind``: from the plan to the last of its binds answered."""
+        if not gang or len(decisions) < 2:
+            for d in decisions:
+                self.submit(d)
+            return
+        left = [len(decisions)]
+        with self._lock:
+            self.in_flight += len(decisions)
+        for d in decisions:
+            self.pool.submit(self._bind, d, left)
+
+    def _bind(self, d: Decision, left: list[int] | None = None) -> None:
         try:
             self._bind_once(d)
         except Exception as exc:
@@ -117,8 +131,14 @@ class Binder:
             self.metrics.inc("bind_errors", code="exception")
             self.cache.forget(d.pod.key)
         finally:
+            last = False
             with self._lock:
                 self.in_flight -= 1
+                if left is not None:
+                    left[0] -= 1
+                    last = left[0] == 0
+            if last:
+                self.metrics.observe("gang_bind", time.monotonic() - d.decided_at)
 
     def _bind_once(self, d: Decision) -> None:
         pod = d.pod
