@@ -178,6 +178,23 @@ class Agent:
         return code, stdout
 
 
+class DraStartError(RuntimeError):
+    pass
+
+
+def _dra_driver(args: argparse.Namespace) -> Any:
+    """The DRA driver (not started) when --dra-driver is given; DraStartError says why it cannot be."""
+    if not args.dra_driver:
+        return None
+    from netmanager.dra.driver import DraDriver
+
+    try:
+        return DraDriver(args.kubeconfig, args.node_name, args.kubelet_dir, args.state_dir / "dra", args.cdi_dir,
+                         args.sysfs, args.dev_root, args.dra_resync)
+    except Exception as exc:  # sysfs discovery, the kubeconfig, a kubelet dir too deep for sockets
+        raise DraStartError(f"cannot start the DRA driver: {exc}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="railnet agent", description="railnet node agent")
     parser.add_argument("--socket", type=Path, default=Path(os.environ.get("RAILNET_AGENT_SOCKET",
@@ -206,6 +223,18 @@ def main(argv: list[str] | None = None) -> int:
                              "of reading this node's pod and NAD watch caches (for comparison)")
     parser.add_argument("--pod-resources-socket", type=Path, default=podresources.DEFAULT_SOCKET, metavar="PATH",
                         help="the kubelet's pod-resources API, for NADs with a resourceName (default %(default)s)")
+    parser.add_argument("--dra-driver", action="store_true",
+                        help="with --kubeconfig: also be the kubelet's DRA driver rdma.railnet.io (publish this "
+                             "node's RDMA NICs as a ResourceSlice, prepare claims as CDI specs; docs/dra.md)")
+    parser.add_argument("--kubelet-dir", type=Path, default=Path("/var/lib/kubelet"),
+                        help="the kubelet's root dir: its plugins_registry/ and plugins/ (default %(default)s)")
+    parser.add_argument("--cdi-dir", type=Path, default=Path("/var/run/cdi"),
+                        help="where the DRA driver writes CDI specs; one of the runtime's cdi_spec_dirs "
+                             "(default %(default)s)")
+    parser.add_argument("--dev-root", type=Path, default=Path("/dev"),
+                        help="where the RDMA character devices are (<dir>/infiniband/uverbsN; default %(default)s)")
+    parser.add_argument("--dra-resync", type=float, default=60.0, metavar="SECONDS",
+                        help="rediscover and republish the ResourceSlice at least this often (default %(default)s)")
     parser.add_argument("--workers", type=int, default=8, help="concurrent CNI requests (default %(default)s)")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
@@ -217,14 +246,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.kubeconfig is not None and not args.node_name:
         print("railnet agent: --kubeconfig needs --node-name (or NODE_NAME)", file=sys.stderr)
         return 2
+    if args.dra_driver and args.kubeconfig is None:
+        print("railnet agent: --dra-driver needs --kubeconfig and --node-name (it reads claims and publishes "
+              "ResourceSlices)", file=sys.stderr)
+        return 2
     try:
         lock = lock_state_dir(args.state_dir)
+        dra = _dra_driver(args)  # before serving: a driver that cannot start stops the agent with the reason
         agent = Agent(args.state_dir, args.pools_dir, args.sysfs, args.kubeconfig, args.node_name,
                       args.block_grace, args.reconcile_interval, args.reconcile_min_age, args.meta_cache,
                       args.pod_resources_socket)
         server = Server(args.socket, agent.serve_one, workers=max(1, args.workers))
     except (StateDirBusy, SocketInUse) as exc:
         print(f"railnet agent: {exc}; stop it first (one agent per node)", file=sys.stderr)
+        return 1
+    except DraStartError as exc:
+        print(f"railnet agent: {exc}", file=sys.stderr)
         return 1
 
     topology = None
@@ -233,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
 
         topology = TopologyPublisher(args.kubeconfig, args.node_name, args.sysfs, args.publish_topology)
         topology.start()
+
+    if dra is not None:
+        dra.start()
 
     def stop(signum: int, _frame: object) -> None:
         log.info("stopping", extra={"fields": {"signal": signal.Signals(signum).name}})
@@ -246,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     server.shutdown()  # waits for in-flight requests, removes our socket
     if topology is not None:
         topology.stop()
+    if dra is not None:
+        dra.stop()
     agent.close()
     lock.close()
     log.info("stopped")

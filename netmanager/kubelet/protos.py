@@ -27,6 +27,7 @@ PROTOS: Final = {
     "podresources_v1": "pkg/apis/podresources/v1/api.proto",
     "deviceplugin_v1beta1": "pkg/apis/deviceplugin/v1beta1/api.proto",
     "pluginregistration_v1": "pkg/apis/pluginregistration/v1/api.proto",
+    "dra_v1": "pkg/apis/dra/v1/api.proto",
 }
 GEN: Final = Path(__file__).with_name("gen")
 PACKAGE: Final = "netmanager/kubelet/gen"

@@ -95,6 +95,11 @@ class Layout:
         return self.dir / "cni" / "net.d"
 
     @property
+    def cdi_dir(self) -> Path:
+        """containerd's only CDI spec dir (not /etc/cdi, /var/run/cdi): DRA drivers under test write here."""
+        return self.dir / "cdi"
+
+    @property
     def kubelet_root(self) -> Path:
         return self.dir / "kubelet"
 
@@ -302,6 +307,7 @@ state = "{state}"
 [plugins.'io.containerd.cri.v1.runtime']
   enable_selinux = false
   netns_mounts_under_state_dir = true
+  cdi_spec_dirs = ["{lay.cdi_dir}"]
   [plugins.'io.containerd.cri.v1.runtime'.containerd]
     default_runtime_name = "runc"
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
@@ -861,6 +867,7 @@ def start(cluster: Any, state: dict[str, Any], log: Log, deadline: float) -> Non
         return lambda: str(cluster.log_tail(name))
 
     env = {**os.environ, "PATH": f"{bins}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"}
+    lay.cdi_dir.mkdir(parents=True, exist_ok=True)  # containerd's CDI cache watches it from the start
     (lay.dir / "containerd.toml").write_text(containerd_config(lay))
     cluster._spawn(state, "containerd", [str(bins / "containerd"), "--config", str(lay.dir / "containerd.toml"),
                                          "--log-level=warn"], env=env)
