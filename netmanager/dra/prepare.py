@@ -43,6 +43,7 @@ class PreparedDevice:
     device_name: str
     cdi_device_ids: list[str]
     share_id: str | None = None
+    consumed_capacity: dict[str, str] = field(default_factory=dict)  # a bandwidth share, as allocated
 
 
 @dataclass
@@ -158,7 +159,7 @@ class Preparer:
                 except cdi.CdiError as exc:
                     raise PrepareError(f"{where}: device {device}: {exc}") from None
             devices.append(PreparedDevice([result.get("request", "")], pool, device, [cdi.cdi_id(uid, device)],
-                                          result.get("shareID")))
+                                          result.get("shareID"), dict(result.get("consumedCapacity") or {})))
         body = cdi.spec(uid, chars)
         record = ClaimRecord(uid, namespace, name, "preparing", devices, body)
         self.store.put(record)

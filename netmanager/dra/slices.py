@@ -11,8 +11,13 @@ a netdev is renamed or moved into a pod.
 
 Attributes: the standard `resource.kubernetes.io/{pcieRoot, pciBusID, numaNode}` (numaNode scalar,
 omitted when the kernel does not know it, as the standard says), and railnet's own under
-`rdma.railnet.io/` (ATTRS below). `rdma.railnet.io/bandwidth` is published as capacity (bits per
-second) but not yet consumable: each NIC is allocated whole.
+`rdma.railnet.io/` (ATTRS below).
+
+NIC bandwidth is consumable capacity (resource.k8s.io/v1, DRAConsumableCapacity, beta and on since
+1.36): a NIC with a known speed is `allowMultipleAllocations` with capacity `rdma.railnet.io/bandwidth`
+= its speed in bits per second, and `requestPolicy.default` = all of it, so a claim that does not ask
+for bandwidth gets the NIC to itself and claims that do (`capacity.requests`) share it until the sum
+reaches the speed. A NIC whose speed is unknown is allocated whole only.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ BANDWIDTH: Final = f"{DRIVER}/bandwidth"
 # railnet's own attributes (all under rdma.railnet.io/), name -> what it says.
 ATTRS: Final = {
     "pcieSwitch": "PCI address of the upstream port of the top-level PCIe switch above the NIC",
-    "rail": "rail index: position of the NIC's physical function among the node's RDMA PFs in PCI order",
+    "rail": "rail index: position of the NIC's physical function among the node's RDMA-capable PFs in PCI "
+            "order (a PF whose RDMA driver is not loaded keeps its index, so the others do not move)",
     "linkLayer": '"Ethernet" (RoCE) or "InfiniBand"',
     "speedMbps": "link speed in Mb/s, when the kernel reports it",
     "rdmaDevice": "RDMA device name, e.g. mlx5_0",
@@ -62,7 +68,7 @@ def slice_name(node_name: str) -> str:
 
 def rails(topology: NodeTopology) -> dict[str, int]:
     """PF PCI address -> rail index, in PCI order (discovery lists NICs sorted by address)."""
-    pfs = [n.pci_address for n in topology.nics if not n.is_vf and n.rdma_device]
+    pfs = [n.pci_address for n in topology.nics if not n.is_vf]
     return {address: index for index, address in enumerate(pfs)}
 
 
@@ -104,8 +110,10 @@ def devices(topology: NodeTopology) -> list[dict[str, Any]]:
             continue
         device: dict[str, Any] = {"name": device_name(nic.pci_address),
                                   "attributes": _attributes(nic, rail_of.get(nic.pf_pci_address or nic.pci_address))}
-        if nic.speed_mbps:
-            device["capacity"] = {BANDWIDTH: {"value": f"{nic.speed_mbps}M"}}
+        if nic.speed_mbps:  # consumable: claims share the NIC by bandwidth; one that asks for none takes it all
+            full = f"{nic.speed_mbps}M"
+            device["allowMultipleAllocations"] = True
+            device["capacity"] = {BANDWIDTH: {"value": full, "requestPolicy": {"default": full}}}
         out.append(device)
     if len(out) > MAX_DEVICES:
         raise ValueError(f"{len(out)} RDMA devices on {topology.node_name}: a ResourceSlice holds at most "

@@ -104,10 +104,12 @@ def dra(real_node: RealNode) -> Iterator[DraOnNode]:
 
 
 def template(rn: RealNode, ns: str, name: str, cls: str = DRIVER, selector: str | None = None,
-             count: int = 1, constraints: list[dict[str, Any]] | None = None) -> None:
+             count: int = 1, constraints: list[dict[str, Any]] | None = None, bandwidth: str | None = None) -> None:
     exactly: dict[str, Any] = {"deviceClassName": cls, "count": count}
     if selector:
         exactly["selectors"] = [{"cel": {"expression": selector}}]
+    if bandwidth:
+        exactly["capacity"] = {"requests": {f"{DRIVER}/bandwidth": bandwidth}}
     devices: dict[str, Any] = {"requests": [{"name": "nic", "exactly": exactly}]}
     if constraints:
         devices["constraints"] = constraints
@@ -158,8 +160,10 @@ def test_the_node_publishes_its_nics_as_a_resource_slice(dra: DraOnNode) -> None
     assert first[f"{DRIVER}/pcieSwitch"] == {"string": "0000:16:00.0"}
     assert first[f"{DRIVER}/rdmaDevice"] == {"string": "mlx5_0"}
     assert sorted(a[f"{DRIVER}/rail"]["int"] for a in devices.values()) == list(range(8))
-    # the API server keeps the bandwidth capacity in its canonical form
-    assert spec["devices"][0]["capacity"][f"{DRIVER}/bandwidth"]["value"] == "400G"
+    # bandwidth is consumable capacity (the API server keeps quantities in canonical form)
+    assert spec["devices"][0]["allowMultipleAllocations"] is True
+    assert spec["devices"][0]["capacity"][f"{DRIVER}/bandwidth"] == {"value": "400G",
+                                                                    "requestPolicy": {"default": "400G"}}
 
 
 def test_pod_gets_its_nic_through_cdi_and_an_agent_restart_loses_nothing(dra: DraOnNode, ns: str) -> None:
@@ -198,15 +202,49 @@ def test_pod_gets_its_nic_through_cdi_and_an_agent_restart_loses_nothing(dra: Dr
     kubeutil.wait_for(dra.slice, 60, "the slice back after the restart")
 
 
+def test_two_pods_share_a_nic_by_bandwidth_and_a_third_waits(dra: DraOnNode, ns: str) -> None:
+    rn, core = dra.rn, dra.rn.core
+    template(rn, ns, "half-rail4", selector=rail(4), bandwidth="200G")
+    for pod in ("share-a", "share-b", "share-c"):
+        core.create_namespaced_pod(ns, claiming_pod(pod, "half-rail4"))
+    shares = []
+    for pod in ("share-a", "share-b"):
+        h.running(core, ns, pod, timeout=240)
+        claim = dra.claim_of(ns, pod)
+        (result,) = claim["status"]["allocation"]["devices"]["results"]
+        assert result["device"] == "nic-0000-9b-00-0" and result["consumedCapacity"] == {f"{DRIVER}/bandwidth": "200G"}
+        shares.append(result["shareID"])
+        assert char_devices(rn, ns, pod) == {"uverbs4": (231, 196), "rdma_cm": (10, 58)}
+    assert len(set(shares)) == 2 and len(dra.specs()) == 2  # one share each, one CDI spec per claim
+
+    def waits() -> str | None:
+        return next((m for r, m in events(rn, ns, "share-c") if r == "FailedScheduling"), None)
+
+    message = kubeutil.wait_for(waits, 120, "FailedScheduling of the third share", interval=1)
+    assert "cannot allocate all claims" in message, message
+    assert core.read_namespaced_pod("share-c", ns).status.phase == "Pending"  # type: ignore[union-attr]
+
+    core.delete_namespaced_pod("share-a", ns, grace_period_seconds=0)  # a share frees up: the third runs
+    h.running(core, ns, "share-c", timeout=240)
+    assert char_devices(rn, ns, "share-c") == {"uverbs4": (231, 196), "rdma_cm": (10, 58)}
+    for pod in ("share-b", "share-c"):
+        core.delete_namespaced_pod(pod, ns, grace_period_seconds=0)
+    for pod in ("share-a", "share-b", "share-c"):
+        h.gone(core, ns, pod)
+    kubeutil.wait_for(lambda: dra.specs() == [] and dra.records() == [], 60, "every share unprepared")
+
+
 def test_bad_claims_give_clear_events_and_prepare_nothing(dra: DraOnNode, ns: str) -> None:
     rn, core = dra.rn, dra.rn.core
     template(rn, ns, "unserved", cls="nobody.railnet.test")  # a class no driver on any node serves
     template(rn, ns, "no-attr", count=2, constraints=[{"requests": ["nic"], "matchAttribute": f"{DRIVER}/noSuchAttr"}])
+    template(rn, ns, "too-big", bandwidth="800G")  # more than any NIC has
     template(rn, ns, "rail7", selector=rail(7))  # allocatable, but its character device is missing on the node
-    for pod, tmpl in (("unserved", "unserved"), ("no-attr", "no-attr"), ("rail7", "rail7")):
-        core.create_namespaced_pod(ns, claiming_pod(pod, tmpl))
+    bad = ("unserved", "no-attr", "too-big", "rail7")
+    for pod in bad:
+        core.create_namespaced_pod(ns, claiming_pod(pod, pod))
 
-    for pod in ("unserved", "no-attr"):
+    for pod in ("unserved", "no-attr", "too-big"):
         def unschedulable(pod: str = pod) -> str | None:
             return next((m for r, m in events(rn, ns, pod) if r == "FailedScheduling"), None)
 
@@ -219,11 +257,11 @@ def test_bad_claims_give_clear_events_and_prepare_nothing(dra: DraOnNode, ns: st
     message = kubeutil.wait_for(prepare_failed, 180, "FailedPrepareDynamicResources of rail7", interval=1)
     assert "nic-0000-de-00-0" in message and "uverbs7 is missing" in message and DRIVER in message, message
     time.sleep(2)
-    for pod in ("unserved", "no-attr", "rail7"):
-        assert core.read_namespaced_pod(pod, ns).status.phase == "Pending"
+    for pod in bad:
+        assert core.read_namespaced_pod(pod, ns).status.phase == "Pending"  # type: ignore[union-attr]
     assert dra.specs() == [] and dra.records() == [], "a failed prepare left something behind"
-    for pod in ("unserved", "no-attr", "rail7"):
+    for pod in bad:
         core.delete_namespaced_pod(pod, ns, grace_period_seconds=0)
-    for pod in ("unserved", "no-attr", "rail7"):
+    for pod in bad:
         h.gone(core, ns, pod)
     assert dra.specs() == [] and dra.records() == []

@@ -145,6 +145,21 @@ def test_bad_claims_are_clear_errors_and_leave_nothing(env: Env, setup: Any, mes
     assert env.specs() == [] and env.store.all() == []
 
 
+def test_bandwidth_shares_of_one_nic_are_separate_claims(env: Env) -> None:
+    uids = []
+    for name, share in (("a", "share-a"), ("b", "share-b")):
+        uid = env.claims.add(name, ["nic-0000-19-00-0"])
+        result = env.claims.claims[("ns", name)]["status"]["allocation"]["devices"]["results"][0]
+        result.update(shareID=share, consumedCapacity={f"{DRIVER}/bandwidth": "200G"})
+        (device,) = env.preparer.prepare("ns", name, uid)
+        assert (device.share_id, device.consumed_capacity) == (share, {f"{DRIVER}/bandwidth": "200G"})
+        uids.append(uid)
+    assert env.specs() == sorted(cdi.spec_path(env.cdi, u).name for u in uids)
+    assert env.new_preparer().prepare("ns", "a", uids[0])[0].share_id == "share-a"  # from disk
+    env.preparer.unprepare(uids[0])
+    assert env.specs() == [cdi.spec_path(env.cdi, uids[1]).name]
+
+
 def test_uid_mismatch_and_unallocated_claims(env: Env) -> None:
     env.claims.add("c", ["nic-0000-19-00-0"])
     with pytest.raises(PrepareError, match="the claim was replaced"):

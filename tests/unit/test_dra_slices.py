@@ -37,7 +37,8 @@ def test_hgx_h100_slice_has_standard_and_railnet_attributes(tmp_path: Path) -> N
     assert first[f"{DRIVER}/speedMbps"] == {"int": 400000}
     assert first[f"{DRIVER}/isVF"] == {"bool": False}
     assert first[f"{DRIVER}/sriovTotalVFs"] == {"int": 8}
-    assert devs[0]["capacity"] == {f"{DRIVER}/bandwidth": {"value": "400000M"}}
+    assert devs[0]["allowMultipleAllocations"] is True
+    assert devs[0]["capacity"] == {f"{DRIVER}/bandwidth": {"value": "400000M", "requestPolicy": {"default": "400000M"}}}
     assert [d["attributes"][f"{DRIVER}/rail"]["int"] for d in devs] == list(range(8))
     assert {d["attributes"]["resource.kubernetes.io/numaNode"]["int"] for d in devs[4:]} == {1}
 
@@ -82,7 +83,16 @@ def test_nic_without_rdma_device_is_not_published(tmp_path: Path) -> None:
     t = t.model_copy(update={"nics": [t.nics[0].model_copy(update={"rdma_device": None}), *t.nics[1:]]})
     names = [d["name"] for d in slices.devices(t)]
     assert "nic-0000-19-00-0" not in names and len(names) == 7
-    assert [d["attributes"][f"{DRIVER}/rail"]["int"] for d in slices.devices(t)] == list(range(7))
+    # the others keep their rails: a driver not loaded on one NIC does not renumber the node
+    assert [d["attributes"][f"{DRIVER}/rail"]["int"] for d in slices.devices(t)] == list(range(1, 8))
+
+
+def test_nic_of_unknown_speed_is_allocated_whole(tmp_path: Path) -> None:
+    _, t = topo(tmp_path, "hgx-h100")
+    t = t.model_copy(update={"nics": [t.nics[0].model_copy(update={"speed_mbps": None})]})
+    (dev,) = slices.devices(t)
+    assert "capacity" not in dev and "allowMultipleAllocations" not in dev
+    assert f"{DRIVER}/speedMbps" not in dev["attributes"]
 
 
 def test_slice_object_is_one_pool_per_node(tmp_path: Path) -> None:
@@ -118,7 +128,8 @@ def test_sync_creates_keeps_and_updates_with_a_new_generation(tmp_path: Path) ->
     assert sync_slice(api, "node-a", t, None) == "created"
     # the server canonicalises quantities: the hash annotation, not the spelling, decides
     assert api.obj is not None
-    api.obj["spec"]["devices"][0]["capacity"][f"{DRIVER}/bandwidth"]["value"] = "400G"
+    api.obj["spec"]["devices"][0]["capacity"][f"{DRIVER}/bandwidth"] = {"value": "400G",
+                                                                          "requestPolicy": {"default": "400G"}}
     assert sync_slice(api, "node-a", t, None) == "unchanged"
     assert api.writes == 1
     down = t.model_copy(update={"nics": t.nics[1:]})  # a NIC gone (driver unbound)
