@@ -10,11 +10,12 @@ from tests.kube import kubeutil
 from tests.kube.test_jobs_support import WAIT, Jobs, job_crds, jobs, replica, tf_config, tfjob
 
 __all__ = ["job_crds", "jobs"]  # fixtures
+EXAMPLES = kubeutil.REPO / "docs" / "jobs"  # outside deploy/: test_manifests applies deploy/ without these CRDs
 
 
 def test_anchor_examples_apply_unchanged_and_run(jobs: Jobs, apply: Any) -> None:
     jobs.start()
-    apply("jobs/examples/kubedl-tfjob-mnist.yaml", "jobs/examples/kubeflow-pytorchjob-simple.yaml")
+    apply(EXAMPLES / "kubedl-tfjob-mnist.yaml", EXAMPLES / "kubeflow-pytorchjob-simple.yaml")
     pods = jobs.wait_running({"mnist-worker-0", "mnist-worker-1", "mnist-worker-2",
                               "pytorch-simple-master-0", "pytorch-simple-worker-0"})
     worker1 = pods["mnist-worker-1"]

@@ -73,11 +73,11 @@ class Jobs:
         self.metrics_ports: dict[int, int] = {}
 
     # -- controller processes -----------------------------------------------------------------------
-    def start(self, *extra: str) -> subprocess.Popen[bytes]:
+    def start(self, *extra: str, kubeconfig: Path | None = None, lease_ns: str | None = None) -> subprocess.Popen[bytes]:
         port = free_port()
         log = self.tmp / f"controller-{len(self.procs)}.log"
-        argv = [sys.executable, "-m", "railnet.cli", "controller", f"--kubeconfig={self.cluster.kubeconfig}",
-                f"--lease-namespace={self.ns}", "--lease-name=railnet-controller", "--lease-duration=3",
+        argv = [sys.executable, "-m", "railnet.cli", "controller", f"--kubeconfig={kubeconfig or self.cluster.kubeconfig}",
+                f"--lease-namespace={lease_ns or self.ns}", "--lease-name=railnet-controller", "--lease-duration=3",
                 "--renew-deadline=2", "--retry-period=0.5", f"--identity=c{len(self.procs)}",
                 f"--metrics-port={port}", "--metrics-addr=127.0.0.1", "--log-level=debug", *extra]
         with log.open("wb") as out:
@@ -90,8 +90,15 @@ class Jobs:
 
     def metric(self, proc: subprocess.Popen[bytes], name: str) -> float:
         """Sum of a metric's samples whose text line starts with ``name`` (labels included in name)."""
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_ports[proc.pid]}/metrics",
-                                      timeout=5).read().decode()
+        url = f"http://127.0.0.1:{self.metrics_ports[proc.pid]}/metrics"
+
+        def scrape() -> str | None:
+            try:
+                return str(urllib.request.urlopen(url, timeout=5).read().decode())
+            except OSError:  # not listening yet: the process is still starting
+                return None
+
+        text = kubeutil.wait_for(scrape, 30, f"metrics of controller {proc.pid}", interval=0.2)
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
     def log_text(self, proc: subprocess.Popen[bytes]) -> str:

@@ -19,7 +19,7 @@ RANGE = ports.PortRange(20000, 30000)
 
 
 def load(name: str) -> dict[str, Any]:
-    doc: dict[str, Any] = yaml.safe_load((REPO / "deploy/jobs/examples" / name).read_text())
+    doc: dict[str, Any] = yaml.safe_load((REPO / "docs/jobs" / name).read_text())
     doc["metadata"].update(namespace="ns", uid="u")
     return doc
 

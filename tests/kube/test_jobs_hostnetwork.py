@@ -1,0 +1,71 @@
+"""KubeDL host-network mode (`kubedl.io/network-mode: host`) against the real API server and kwok:
+no two pods on a node ever share a host port, Services forward their fixed port to the host port,
+and a failed replica comes back on a new port with its Service retargeted."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections import Counter, defaultdict
+
+from jobs import api, builder
+from tests.kube import kubeutil
+from tests.kube.test_jobs_support import WAIT, Jobs, job_crds, jobs, replica, tf_config, tfjob
+
+__all__ = ["job_crds", "jobs"]  # fixtures
+HOST = {api.NETWORK_MODE: "host"}
+
+
+def host_port(pod: dict) -> int:  # type: ignore[type-arg]
+    [port] = builder.declared_host_ports(pod["spec"])
+    return port
+
+
+def test_fifty_host_network_jobs_never_share_a_host_port_on_a_node(jobs: Jobs) -> None:
+    # 100 replicas on the cluster's 4 nodes, 40 ports: every port is needed on ~3 nodes at once
+    jobs.start("--hostnetwork-port-range=31000-31039", "--workers=8")
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: jobs.create(tfjob(f"h{i:02d}", annotations=HOST, PS=replica("tensorflow", 1),
+                                                  Worker=replica("tensorflow", 1))), range(50)))
+    names = {f"h{i:02d}-{t}-0" for i in range(50) for t in ("ps", "worker")}
+    pods = jobs.wait_running(names, timeout=90)
+    by_node: dict[str, list[int]] = defaultdict(list)
+    for name in names:
+        pod = pods[name]
+        port = host_port(pod)
+        assert 31000 <= port <= 31039 and pod["spec"]["hostNetwork"] is True
+        assert pod["spec"]["dnsPolicy"] == "ClusterFirstWithHostNet"
+        by_node[pod["spec"]["nodeName"]].append(port)
+        own = tf_config(pod)["cluster"]["ps" if "-ps-" in name else "worker"][0]
+        assert own.endswith(f":{port}")
+    for node, held in by_node.items():
+        assert len(held) == len(set(held)), f"{node} has a host port twice: {sorted(held)}"
+    assert len(by_node) > 1
+    holders = Counter(p for held in by_node.values() for p in held)
+    assert max(holders.values()) <= 3  # least-used first: ceil(100 / 40), so 4 nodes always suffice
+    services = jobs.services()
+    for name in names:
+        [sp] = services[name]["spec"]["ports"]
+        assert sp["port"] == 2222 and sp["targetPort"] == host_port(pods[name])
+        assert services[name]["spec"].get("clusterIP") not in (None, "None")
+    # peers see each other through the Services' fixed port
+    assert tf_config(pods["h07-worker-0"])["cluster"]["ps"] == [f"h07-ps-0.{jobs.ns}.svc:2222"]
+
+
+def test_fail_over_moves_to_a_new_port_and_retargets_the_service(jobs: Jobs) -> None:
+    jobs.start("--hostnetwork-port-range=32000-32099")
+    jobs.create(tfjob("fo", annotations=HOST, PS=replica("tensorflow", 1), Worker=replica("tensorflow", 2)))
+    names = {"fo-ps-0", "fo-worker-0", "fo-worker-1"}
+    before = jobs.wait_running(names)
+    old_port = host_port(before["fo-worker-1"])
+    jobs.end_pod("fo-worker-1", "Failed", 137)  # SIGKILL: retryable under ExitCode (KubeDL's TF default)
+    after = jobs.wait_replaced("fo-worker-1", before["fo-worker-1"]["metadata"]["uid"])
+    new_port = host_port(after["fo-worker-1"])
+    assert new_port != old_port
+    assert tf_config(after["fo-worker-1"])["cluster"]["worker"][1] == f"fo-worker-1.{jobs.ns}.svc:{new_port}"
+    svc = kubeutil.wait_for(lambda: s if (s := jobs.services()["fo-worker-1"])["spec"]["ports"][0]["targetPort"]
+                            == new_port else None, WAIT, "Service retargeted")
+    assert svc["spec"]["ports"][0]["port"] == 2222
+    for other in ("fo-ps-0", "fo-worker-0"):  # the others keep running, untouched
+        assert after[other]["metadata"]["uid"] == before[other]["metadata"]["uid"]
+    jobs.end_pod("fo-worker-0", "Succeeded")
+    jobs.wait_condition("TFJob", "fo", "Succeeded")
