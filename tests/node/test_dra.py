@@ -165,6 +165,23 @@ def test_the_node_publishes_its_nics_as_a_resource_slice(dra: DraOnNode) -> None
     assert spec["devices"][0]["capacity"][f"{DRIVER}/bandwidth"] == {"value": "400G",
                                                                     "requestPolicy": {"default": "400G"}}
 
+    # the topology changes (mlx5_6's RDMA device goes away): the slice follows with a new generation
+    generation = spec["pool"]["generation"]
+    link = dra.sysfs / "class" / "infiniband" / "mlx5_6"
+    hidden = dra.root / "mlx5_6.hidden"
+    link.rename(hidden)
+    try:
+        def without() -> dict[str, Any] | None:
+            cur = dra.slice()
+            return cur if cur and len(cur["spec"]["devices"]) == 7 else None
+
+        shrunk = kubeutil.wait_for(without, 60, "the slice without nic-0000-cd-00-0", interval=0.5)
+        assert "nic-0000-cd-00-0" not in {d["name"] for d in shrunk["spec"]["devices"]}
+        assert shrunk["spec"]["pool"]["generation"] > generation
+    finally:
+        hidden.rename(link)
+    kubeutil.wait_for(lambda: (cur := dra.slice()) and len(cur["spec"]["devices"]) == 8, 60, "the NIC back")
+
 
 def test_pod_gets_its_nic_through_cdi_and_an_agent_restart_loses_nothing(dra: DraOnNode, ns: str) -> None:
     rn, core = dra.rn, dra.rn.core
@@ -193,23 +210,32 @@ def test_pod_gets_its_nic_through_cdi_and_an_agent_restart_loses_nothing(dra: Dr
 
     # the agent dies (SIGKILL) between prepare and unprepare; a new one picks up from its state dir
     dra.agent.kill()
+    before = len(dra.log())
     dra.start()
     core.delete_namespaced_pod("second", ns, grace_period_seconds=0)
     h.gone(core, ns, "second")
     kubeutil.wait_for(lambda: dra.specs() == [], 90, "second's CDI spec removed by the restarted agent")
     assert dra.records() == []
-    assert f'"uid": "{uid_second}"' in dra.log().split("registered with the kubelet")[-1]  # the new agent did it
+    unprepared = [json.loads(line) for line in dra.log()[before:].splitlines() if '"msg": "unprepared"' in line]
+    assert uid_second in [e["uid"] for e in unprepared], "the new agent did the unprepare"
     kubeutil.wait_for(dra.slice, 60, "the slice back after the restart")
 
 
 def test_two_pods_share_a_nic_by_bandwidth_and_a_third_waits(dra: DraOnNode, ns: str) -> None:
     rn, core = dra.rn, dra.rn.core
     template(rn, ns, "half-rail4", selector=rail(4), bandwidth="200G")
-    for pod in ("share-a", "share-b", "share-c"):
+    pods = ("share-a", "share-b", "share-c")
+    for pod in pods:
         core.create_namespaced_pod(ns, claiming_pod(pod, "half-rail4"))
+
+    def two_running() -> list[str] | None:  # any two of the three: the scheduler picks the order
+        up = [p.metadata.name for p in core.list_namespaced_pod(ns).items if p.status.phase == "Running"]
+        return sorted(up) if len(up) == 2 else None
+
+    running = kubeutil.wait_for(two_running, 240, "two of the three pods Running", interval=1)
+    (waiting,) = set(pods) - set(running)
     shares = []
-    for pod in ("share-a", "share-b"):
-        h.running(core, ns, pod, timeout=240)
+    for pod in running:
         claim = dra.claim_of(ns, pod)
         (result,) = claim["status"]["allocation"]["devices"]["results"]
         assert result["device"] == "nic-0000-9b-00-0" and result["consumedCapacity"] == {f"{DRIVER}/bandwidth": "200G"}
@@ -218,18 +244,18 @@ def test_two_pods_share_a_nic_by_bandwidth_and_a_third_waits(dra: DraOnNode, ns:
     assert len(set(shares)) == 2 and len(dra.specs()) == 2  # one share each, one CDI spec per claim
 
     def waits() -> str | None:
-        return next((m for r, m in events(rn, ns, "share-c") if r == "FailedScheduling"), None)
+        return next((m for r, m in events(rn, ns, waiting) if r == "FailedScheduling"), None)
 
     message = kubeutil.wait_for(waits, 120, "FailedScheduling of the third share", interval=1)
     assert "cannot allocate all claims" in message, message
-    assert core.read_namespaced_pod("share-c", ns).status.phase == "Pending"  # type: ignore[union-attr]
+    assert core.read_namespaced_pod(waiting, ns).status.phase == "Pending"  # type: ignore[union-attr]
 
-    core.delete_namespaced_pod("share-a", ns, grace_period_seconds=0)  # a share frees up: the third runs
-    h.running(core, ns, "share-c", timeout=240)
-    assert char_devices(rn, ns, "share-c") == {"uverbs4": (231, 196), "rdma_cm": (10, 58)}
-    for pod in ("share-b", "share-c"):
+    core.delete_namespaced_pod(running[0], ns, grace_period_seconds=0)  # a share frees up: the third runs
+    h.running(core, ns, waiting, timeout=240)
+    assert char_devices(rn, ns, waiting) == {"uverbs4": (231, 196), "rdma_cm": (10, 58)}
+    for pod in (running[1], waiting):
         core.delete_namespaced_pod(pod, ns, grace_period_seconds=0)
-    for pod in ("share-a", "share-b", "share-c"):
+    for pod in pods:
         h.gone(core, ns, pod)
     kubeutil.wait_for(lambda: dra.specs() == [] and dra.records() == [], 60, "every share unprepared")
 
