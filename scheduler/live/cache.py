@@ -18,18 +18,19 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from types import SimpleNamespace
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType, SimpleNamespace
 from typing import Any
 
 from scheduler.domains import DEFAULT_DOMAIN_KEYS
-from scheduler.live import objects
+from scheduler.live import interpod, objects
 from scheduler.live.allocation import PodAllocation
 from scheduler.model import Allocation, Cluster, ModelError, Node, PodSpec, new_node
 from scheduler.topology import CompactTopology, from_node_topology, uniform
 
 JSON = dict[str, Any]
 log = logging.getLogger("railnet.scheduler.cache")
+_NO_LABELS: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass
@@ -53,6 +54,8 @@ class PodState:
     quota_label: str | None = None  # quota.scheduling.koordinator.sh/name
     deleting: bool = False  # metadata.deletionTimestamp is set (e.g. evicted)
     phase: str = ""  # status.phase
+    labels: Mapping[str, str] = field(default_factory=lambda: _NO_LABELS)  # metadata.labels (inter-pod affinity matches them)
+    terms: interpod.PodAffinity | None = None  # required podAffinity / podAntiAffinity
 
     @classmethod
     def of(cls, obj: Mapping[str, Any], scheduler_name: str, gpu: str, rdma: Sequence[str]) -> PodState:
@@ -68,6 +71,7 @@ class PodState:
             created=meta.get("creationTimestamp", ""), priority=int(spec.get("priority") or 0),
             quota_label=(meta.get("labels") or {}).get(objects.QUOTA_NAME_LABEL) or None,
             deleting=bool(meta.get("deletionTimestamp")), phase=_phase(obj),
+            labels=meta.get("labels") or _NO_LABELS, terms=interpod.affinity_of(obj),
         )
 
 
@@ -99,6 +103,8 @@ class SchedulerCache:
         self.waiting: set[str] = set()  # our pods without a node (assumed ones included)
         self.podgroups: dict[str, JSON] = {}
         self.quotas: dict[str, JSON] = {}  # ElasticQuotas by "namespace/name"
+        self.namespaces: dict[str, Mapping[str, str]] = {}  # namespace -> labels (namespaceSelector)
+        self.with_terms: set[str] = set()  # pods with required inter-pod (anti-)affinity
         self.cluster = Cluster([], domain_keys)
         self.dirty = True
         self.assumed: dict[str, tuple[str, Allocation]] = {}  # pod -> (node name, allocation)
@@ -172,10 +178,14 @@ class SchedulerCache:
     def on_podgroup(self, kind: str, obj: JSON) -> None:
         key = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
         with self.lock:
+            old = self.podgroups.get(key)
             if kind == "DELETED":
                 self.podgroups.pop(key, None)
             else:
                 self.podgroups[key] = obj
+            if (kind != "DELETED" and old is not None and old.get("spec") == obj.get("spec")
+                    and old["metadata"].get("uid") == obj["metadata"].get("uid")):
+                return  # a status write (ours): nothing to decide anew
             self._bump()
 
     def replace_quotas(self, items: list[JSON]) -> None:
@@ -192,6 +202,21 @@ class SchedulerCache:
             # a new min/max may let waiting pods in; a status write (ours) changes nothing to retry
             self._bump(freed=old is None or old.get("spec") != obj.get("spec")
                        or old["metadata"].get("labels") != obj["metadata"].get("labels"))
+
+    def replace_namespaces(self, items: list[JSON]) -> None:
+        with self.lock:
+            self.namespaces = {i["metadata"]["name"]: i["metadata"].get("labels") or {} for i in items}
+            self._bump(freed=True)
+
+    def on_namespace(self, kind: str, obj: JSON) -> None:
+        name = obj["metadata"]["name"]
+        with self.lock:
+            labels = obj["metadata"].get("labels") or {}
+            old = self.namespaces.pop(name, None)
+            if kind != "DELETED":
+                self.namespaces[name] = labels
+            if old != (None if kind == "DELETED" else labels):  # a namespaceSelector may match now
+                self._bump(freed=True)
 
     def replace_pods(self, items: list[JSON]) -> None:
         with self.lock:
@@ -217,18 +242,21 @@ class SchedulerCache:
             if old is not None and old.uid == meta.get("uid") and _rv(meta) <= old.rv:
                 return  # stale: an older event after a newer list
             node = (obj.get("spec") or {}).get("nodeName")
+            confirms = node is not None and self.assumed.get(key, ("",))[0] == node
             if old is not None and old.uid == meta.get("uid") and node:
                 # A bound pod's requests are immutable: skip re-parsing them (most events are
                 # status updates of bound pods).
                 state = replace(old, rv=_rv(meta), node=node,
                                 annotation=(meta.get("annotations") or {}).get(objects.ALLOCATION_ANNOTATION),
                                 deleting=bool(meta.get("deletionTimestamp")),
-                                phase=_phase(obj))
+                                phase=_phase(obj), labels=meta.get("labels") or _NO_LABELS)
             else:
                 state = PodState.of(obj, self.scheduler_name, self.gpu, self.rdma)
             if old is not None and old.uid != state.uid:
                 self._remove_pod(key)
             self.pods[key] = state
+            if state.terms is not None:
+                self.with_terms.add(key)
             if state.gang is not None:
                 self.gang_members.setdefault(state.gang.key, set()).add(key)
             if state.ours and not state.node:
@@ -237,6 +265,12 @@ class SchedulerCache:
                 self.waiting.discard(key)
             if state.node:
                 self._account(state)
+            if (old is not None and old.uid == state.uid and state.node and not self.dirty
+                    and (old.node == state.node or confirms) and old.deleting == state.deleting
+                    and old.labels == state.labels):
+                # a bound pod's status, or the watch confirming our own bind: nothing to decide anew
+                # (the loop still wakes at least every second for the PodGroup status)
+                return
             self._bump()
 
     def _remove_pod(self, key: str) -> None:
@@ -248,6 +282,7 @@ class SchedulerCache:
                 if not members:
                     del self.gang_members[old.gang.key]
         self.waiting.discard(key)
+        self.with_terms.discard(key)
         self.assumed.pop(key, None)
         self.foreign.discard(key)
         self.backoff.pop(key, None)
@@ -391,6 +426,24 @@ class SchedulerCache:
                     reasons[why] = reasons.get(why, 0) + 1
             found = self._excluded[constraints.signature] = (out, reasons)
         return found
+
+    def placed(self) -> list[interpod.Placed]:
+        """Every pod holding a node (bound or assumed), for inter-pod affinity."""
+        pods = self.pods
+        out = []
+        for key, alloc in self.cluster.allocations.items():
+            pod = pods.get(key)
+            if pod is not None:
+                out.append(interpod.Placed(pod.namespace, pod.labels, alloc.node, pod.terms))
+        return out
+
+    def anti_holders(self) -> bool:
+        """Does any pod that holds a node carry required anti-affinity terms?"""
+        held = self.cluster.allocations
+        return any(k in held and (t := self.pods[k].terms) is not None and t.anti for k in self.with_terms)
+
+    def node_labels(self) -> list[Mapping[str, str]]:
+        return [n.labels for n in self.cluster.nodes]
 
     def assume(self, allocations: Iterable[Allocation]) -> None:
         """Hold the decided devices before the bind is sent (the allocations are already applied)."""

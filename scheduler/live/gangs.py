@@ -8,7 +8,7 @@ a unit with a ``problem``: nothing of it is planned, and the problem becomes an 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ class Unit:
     problem: str | None = None
     timeout_s: float = DEFAULT_GANG_TIMEOUT_S
     order: tuple[Any, ...] = field(default=())
+    short: bool = False  # the problem is only that fewer pods than minMember exist (yet)
 
     def core_gang(self) -> Gang:
         members = tuple(p.spec for p in self.pods)
@@ -35,10 +36,13 @@ class Unit:
 
 
 def collect(pending: list[PodState], pods: Mapping[str, PodState], podgroups: Mapping[str, Any],
-            holding: set[str], default_timeout: float = DEFAULT_GANG_TIMEOUT_S) -> list[Unit]:
+            holding: Container[str], default_timeout: float = DEFAULT_GANG_TIMEOUT_S,
+            gang_members: Mapping[str, Iterable[str]] | None = None) -> list[Unit]:
     """Units in queue order: priority (high first), then the oldest member's creation, then key.
 
     ``holding``: pods that already hold resources (bound or assumed); they count toward minMember.
+    ``gang_members``: gang key -> its pods' keys (the cache's index), so that a cycle does not walk
+    every pod to find the members of the waiting gangs.
     """
     singles: list[Unit] = []
     gangs: dict[str, list[PodState]] = {}
@@ -48,9 +52,13 @@ def collect(pending: list[PodState], pods: Mapping[str, PodState], podgroups: Ma
         else:
             gangs.setdefault(pod.gang.key, []).append(pod)
     members_of: dict[str, list[PodState]] = {}
-    for pod in pods.values():
-        if pod.gang is not None and pod.gang.key in gangs:
-            members_of.setdefault(pod.gang.key, []).append(pod)
+    if gang_members is not None:
+        for key in gangs:
+            members_of[key] = [pods[k] for k in gang_members.get(key, ()) if k in pods]
+    else:
+        for pod in pods.values():
+            if pod.gang is not None and pod.gang.key in gangs:
+                members_of.setdefault(pod.gang.key, []).append(pod)
     units = singles
     for key, waiting in gangs.items():
         waiting.sort(key=lambda p: p.name)
@@ -73,6 +81,7 @@ def collect(pending: list[PodState], pods: Mapping[str, PodState], podgroups: Ma
             if minimum is None or minimum < 1:
                 unit.problem = f"gang {key}: min-available must be a positive integer"
             elif minimum > len(members):
+                unit.short = True
                 unit.problem = (f"gang {key}: minMember {minimum} but only {len(members)} pods exist; "
                                 f"nothing is bound until {minimum} can be placed together")
             else:

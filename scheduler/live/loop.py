@@ -20,11 +20,11 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any
 
-from scheduler.gang import Gang, plan_gang
-from scheduler.live import allocation, explain, gangs, logs, quotas, reservation
+from scheduler.gang import Gang, GangPlan, plan_gang
+from scheduler.live import allocation, explain, gangs, interpod, logs, quotas, reservation
 from scheduler.live.binder import Binder, Decision, Events
 from scheduler.live.cache import SchedulerCache
 from scheduler.live.evictor import Evictor
@@ -35,12 +35,14 @@ from scheduler.live.podgroup_status import PODGROUPS, PodGroupStatusWriter
 from scheduler.live.quota_status import QuotaStatusWriter
 from scheduler.live.reflector import Reflector
 from scheduler.live.status import StatusWriter
+from scheduler.model import Allocation
 from scheduler.quota import Verdict
 from scheduler.view import ClusterView
 
 log = logging.getLogger("railnet.scheduler")
 TOPOLOGIES = "/apis/railnet.io/v1alpha1/nodetopologies"
 MAX_UNITS_PER_CYCLE = 2000  # let watch events in between long backlogs
+SHORT_GANG_GRACE_S = 2.0  # a gang still being created is not reported as short before this
 
 
 class Scheduler:
@@ -51,16 +53,21 @@ class Scheduler:
         self.reserve, self.hold_s, self.assume_ttl = reserve, hold_s, assume_ttl
         self.reservation: reservation.Reservation | None = None
         self._no_reserve: dict[str, float] = {}  # unit -> monotonic time before which it may not reserve
-        self.binder = Binder(api, cache, metrics, Events(api, _pool(4), cache.scheduler_name), is_leader,
+        self._pools = [_pool(4), _pool(4), _pool(2), _pool(2)]  # events, evictions, quota / PodGroup status
+        self.binder = Binder(api, cache, metrics, Events(api, self._pools[0], cache.scheduler_name), is_leader,
                              bind_workers)
         self.events = self.binder.events
-        self.evictor = Evictor(api, self.events, _pool(4), metrics)
-        self.quota_status = QuotaStatusWriter(api, self.events, _pool(2))
-        self.podgroup_status = PodGroupStatusWriter(StatusWriter(api, _pool(2), PODGROUPS))
+        self.evictor = Evictor(api, self.events, self._pools[1], metrics)
+        self.quota_status = QuotaStatusWriter(api, self.events, self._pools[2])
+        self.podgroup_status = PodGroupStatusWriter(StatusWriter(api, self._pools[3], PODGROUPS))
         self.stop = threading.Event()
         self.reflectors: list[Reflector] = []
         self._gang_first_fail: dict[str, float] = {}
-        self._unit_fail: dict[str, tuple[int, float]] = {}  # unit -> (cache.freed at failure, retry at)
+        # unit -> (cache.freed at failure, retry at, its pending members then): a unit is retried
+        # before its back-off ends when something was freed or its pending members changed
+        self._unit_fail: dict[str, tuple[int, float, int]] = {}
+        self._short_since: dict[str, float] = {}  # gang -> when it was first seen with too few pods
+        self._gang_complete: dict[str, float] = {}  # gang -> when it was first tried with enough pods
 
     # -- caches ------------------------------------------------------------------------------------------
     def start_caches(self) -> None:
@@ -72,9 +79,13 @@ class Scheduler:
             ("nodetopologies", TOPOLOGIES, c.replace_topologies, c.on_topology),
             ("podgroups", PODGROUPS, c.replace_podgroups, c.on_podgroup),
             ("elasticquotas", quotas.ELASTIC_QUOTAS, c.replace_quotas, c.on_quota),
+            ("namespaces", "/api/v1/namespaces", c.replace_namespaces, c.on_namespace),
         ]
         for name, path, replace, on_event in specs:
-            reflector = Reflector(self.api, path, replace, on_event, self.stop, name=name)
+            # namespaces only serve namespaceSelectors in pod affinity: a deployment without the
+            # right to list them still schedules (such selectors then match no namespace)
+            reflector = Reflector(self.api, path, replace, on_event, self.stop, name=name,
+                                  optional=name == "namespaces")
             reflector.start()
             self.reflectors.append(reflector)
 
@@ -101,8 +112,8 @@ class Scheduler:
                 cache.rebuild()
             if cache.podgroups and not self.dry_run:
                 self.podgroup_status.sync(cache, now)
-            holding = set(cache.cluster.allocations)
-            units = gangs.collect(cache.pending(now), cache.pods, cache.podgroups, holding)
+            units = gangs.collect(cache.pending(now), cache.pods, cache.podgroups, cache.cluster.allocations,
+                                  gang_members=cache.gang_members)
             self.metrics.set("pending", sum(len(u.pods) for u in units))
             book = quotas.build(cache, ((u.key, u.pods) for u in units if not u.problem)) if cache.quotas else None
             if book is not None and not self.dry_run:
@@ -113,20 +124,36 @@ class Scheduler:
                 if done >= MAX_UNITS_PER_CYCLE:
                     break
                 failed = self._unit_fail.get(unit.key)
-                if failed and failed[0] == cache.freed and failed[1] > now:
+                if failed and failed[0] == cache.freed and failed[1] > now and failed[2] == len(unit.pods):
                     continue
                 done += 1
-                decisions += self._schedule(unit, now, book)
-        if not self.dry_run:
-            for decision in decisions:
-                self.binder.submit(decision)
+                placed = self._schedule(unit, now, book)
+                if placed and not self.dry_run:
+                    # bind each unit as soon as it is assumed, not after the whole cycle: its calls
+                    # are in flight while later units are planned (the workers need no cache lock
+                    # until a bind answers)
+                    self.binder.submit_all(placed, gang=unit.gang is not None)
+                decisions += placed
+            if len(self._short_since) + len(self._gang_complete) > len(units):
+                keys = {u.key for u in units}
+                self._short_since = {k: v for k, v in self._short_since.items() if k in keys}
+                self._gang_complete = {k: v for k, v in self._gang_complete.items() if k in keys}
         return decisions
 
     def _schedule(self, unit: gangs.Unit, now: float, book: quotas.QuotaBook | None = None) -> list[Decision]:
         cache = self.cache
         if unit.problem:
-            self._fail(unit, "FailedScheduling", unit.problem, now)
+            if unit.short:  # members may still be on their way: say so only once it lasts
+                since = self._short_since.setdefault(unit.key, now)
+                quiet = now - since < SHORT_GANG_GRACE_S
+                self._fail(unit, "FailedScheduling", unit.problem, now, quiet=quiet,
+                           delay=max(SHORT_GANG_GRACE_S - (now - since), 0.05) if quiet else None)
+            else:
+                self._fail(unit, "FailedScheduling", unit.problem, now)
             return []
+        self._short_since.pop(unit.key, None)
+        if unit.gang:
+            self._gang_complete.setdefault(unit.key, now)
         if book is not None:
             admission = book.admit(unit.key, unit.pods)
             if admission.verdict is Verdict.RECLAIM:
@@ -146,6 +173,14 @@ class Scheduler:
             blocked.update(excluded)
             for k, v in why.items():
                 reasons[k] = max(reasons.get(k, 0), v)
+        affinity = self._affinity(unit)
+        by_nodes, node_reasons = set(blocked), dict(reasons)  # without inter-pod affinity
+        if affinity is not None:
+            for pod in unit.pods:  # a node already ruled out is counted once, under the node filter's reason
+                excluded_by, why = affinity.excluded(pod, skip=by_nodes)
+                blocked.update(excluded_by)
+                for k, v in why.items():
+                    reasons[k] = max(reasons.get(k, 0), v)
         own = set(blocked)  # what the unit's own constraints rule out
         held = self.reservation
         if held is not None and held.key != unit.key and unit.order > held.order:
@@ -153,13 +188,25 @@ class Scheduler:
             if reserved:
                 blocked.update(reserved)
                 reasons[f"the reservation of {held.key}"] = len(reserved)
+                by_nodes.update(reserved)
+                node_reasons[f"the reservation of {held.key}"] = len(reserved)
         for index in blocked:
             view.block(index)
         plan = plan_gang(view, gang)
+        why_not: str | None = None
+        if affinity is not None and len(gang.members) > 1 and affinity.members_interact(unit.pods) and (
+                plan is None or not affinity.consistent(unit.pods, plan)):
+            # members must see each other: place them one by one, each against those before it
+            view = ClusterView(cache.cluster)
+            for index in by_nodes:
+                view.block(index)
+            plan, why_not = affinity.plan_in_turn(view, unit, gang, by_nodes, node_reasons)
         self.metrics.observe("decision", time.monotonic() - t0)
         if plan is None:
             rdma = cache.rdma[0] if cache.rdma else "rdma"
-            if unit.gang:
+            if why_not is not None:
+                message = why_not
+            elif unit.gang:
                 message = explain.gang_reason(view, gang, sorted(blocked), reasons, cache.gpu, rdma)
             else:
                 message = explain.pod_reason(view, gang.members[0], sorted(blocked), reasons, cache.gpu, rdma)
@@ -187,6 +234,9 @@ class Scheduler:
             book.start(unit.key)
         self._unit_fail.pop(unit.key, None)
         self._gang_first_fail.pop(unit.key, None)
+        complete = self._gang_complete.pop(unit.key, None)
+        if complete is not None:
+            self.metrics.observe("gang_wait", time.monotonic() - complete)
         by_key = {p.key: p for p in unit.pods}
         out: list[Decision] = []
         for alloc in plan.allocations:
@@ -195,6 +245,15 @@ class Scheduler:
                                    .topology.n_gpus and node in cache.topologies else None, unit.gang)
             out.append(Decision(by_key[alloc.pod], node, ann.to_annotation(), time.monotonic()))
         return out
+
+    def _affinity(self, unit: gangs.Unit) -> _Affinity | None:
+        """Inter-pod affinity for this unit, or None when neither it nor any placed pod has terms."""
+        cache = self.cache
+        if not cache.with_terms:
+            return None
+        if not any(p.terms is not None for p in unit.pods) and not cache.anti_holders():
+            return None
+        return _Affinity(cache)
 
     # -- head-of-line reservation (reservation.py) ---------------------------------------------------
     def _check_reservation(self, units: list[gangs.Unit], now: float) -> None:
@@ -243,10 +302,15 @@ class Scheduler:
             if not self.dry_run:
                 self.evictor.evict_job(pods, message)
 
-    def _fail(self, unit: gangs.Unit, reason: str, message: str, now: float) -> None:
+    def _fail(self, unit: gangs.Unit, reason: str, message: str, now: float, quiet: bool = False,
+              delay: float | None = None) -> None:
+        """Back off (1 s doubling to 10 s; ``delay`` overrides) and tell the pods why, unless ``quiet``."""
         previous = self._unit_fail.get(unit.key)
-        delay = 1.0 if previous is None else min(max(previous[1] - now, 0) * 2 + 1, 10.0)
-        self._unit_fail[unit.key] = (self.cache.freed, now + delay)
+        if delay is None:
+            delay = 1.0 if previous is None else min(max(previous[1] - now, 0) * 2 + 1, 10.0)
+        self._unit_fail[unit.key] = (self.cache.freed, now + delay, len(unit.pods))
+        if quiet:
+            return
         log.info("unschedulable", extra={"unit": unit.key, "reason": reason, "why": message})
         if self.dry_run:
             return
@@ -258,6 +322,13 @@ class Scheduler:
                 meta = group["metadata"]
                 self.events.on_object(meta["namespace"], "scheduling.x-k8s.io/v1alpha1", "PodGroup", meta["name"],
                                    meta.get("uid", ""), reason, message)
+
+    def close(self) -> None:
+        """Binds in flight finish; queued events and status writes are dropped (a new leader redoes
+        what matters), so that exiting never waits on a slow API server for them."""
+        self.binder.pool.shutdown(wait=True)
+        for pool in self._pools:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     # -- run ----------------------------------------------------------------------------------------------
     def _ready(self, seen: int) -> bool:
@@ -277,6 +348,95 @@ class Scheduler:
                 except Exception:
                     log.exception("scheduling cycle failed")
                     time.sleep(1.0)
+
+
+class _Affinity:
+    """Inter-pod affinity of one unit against the pods that hold nodes (``interpod``)."""
+
+    def __init__(self, cache: SchedulerCache) -> None:
+        self.cache = cache
+        self.existing = cache.placed()
+        self.nodes = cache.node_labels()
+
+    @staticmethod
+    def incoming(pod: Any) -> interpod.Incoming:
+        return interpod.Incoming(pod.namespace, pod.labels, pod.terms)
+
+    def excluded(self, pod: Any, extra: list[interpod.Placed] | None = None,
+                 skip: Container[int] = ()) -> tuple[set[int], dict[str, int]]:
+        existing = self.existing + extra if extra else self.existing
+        return interpod.excluded(self.incoming(pod), existing, self.nodes, self.cache.namespaces, skip)
+
+    def members_interact(self, pods: list[Any]) -> bool:
+        """Can one member's placement change where another may go? Only through members' own terms."""
+        return any(p.terms is not None for p in pods)
+
+    def consistent(self, pods: list[Any], plan: GangPlan) -> bool:
+        """Would each member, in plan order, be allowed next to the members placed before it?"""
+        by_key = {p.key: p for p in pods}
+        before: list[interpod.Placed] = []
+        for alloc in plan.allocations:
+            pod = by_key[alloc.pod]
+            if before and alloc.node in self.excluded(pod, before)[0]:
+                return False
+            before.append(interpod.Placed(pod.namespace, pod.labels, alloc.node, pod.terms))
+        return True
+
+    def plan_in_turn(self, view: ClusterView, unit: gangs.Unit, gang: Gang, by_nodes: set[int],
+                     node_reasons: dict[str, int]) -> tuple[GangPlan | None, str | None]:
+        """Members one at a time (rank order), each in a child view that also blocks what the members
+        placed before it rule out; all or nothing: None and why when fewer than the gang needs fit.
+
+        Where the first member has affinity terms and the greedy pass fails (its first member went to a
+        domain too small for the rest), each domain of its first term's topologyKey is tried in turn
+        (at most 64), the whole gang confined to it."""
+        plan, why = self._in_turn(view, unit, gang, by_nodes, node_reasons)
+        terms = unit.pods[0].terms
+        if plan is not None or terms is None or not terms.affinity:
+            return plan, why
+        key = terms.affinity[0].key
+        for value in sorted({labels[key] for labels in self.nodes if key in labels})[:64]:
+            trial = view.child()
+            for index, labels in enumerate(self.nodes):
+                if labels.get(key) != value:
+                    trial.block(index)
+            found, _ = self._in_turn(trial, unit, gang, by_nodes, node_reasons)
+            if found is not None:
+                view.absorb(trial)
+                return found, None
+        return plan, why
+
+    def _in_turn(self, view: ClusterView, unit: gangs.Unit, gang: Gang, by_nodes: set[int],
+                 node_reasons: dict[str, int]) -> tuple[GangPlan | None, str | None]:
+        """One greedy pass; ``view`` gets the members only when enough of them fit."""
+        cache = self.cache
+        work = view.child()
+        placed: list[interpod.Placed] = []
+        allocs: list[Allocation] = []
+        first_out: tuple[Any, set[int], dict[str, int]] | None = None
+        for pod, member in zip(unit.pods, gang.members, strict=True):
+            trial = work.child()
+            ruled_out, why = self.excluded(pod, placed, skip=by_nodes)
+            for index in ruled_out:
+                trial.block(index)
+            one = plan_gang(trial, Gang(gang.name, (member,), 0, gang.priority))
+            if one is None:
+                if first_out is None:
+                    first_out = (pod, ruled_out, why)
+                continue
+            work.absorb(trial)
+            allocs += one.allocations
+            placed.append(interpod.Placed(pod.namespace, pod.labels, one.allocations[0].node, pod.terms))
+        if len(allocs) >= gang.need:
+            view.absorb(work)
+            first = allocs[0].node
+            return GangPlan(gang.name, tuple(allocs), 0, cache.cluster.domains.domain_of(first, 0)), None
+        assert first_out is not None
+        pod, ruled_out, why = first_out
+        blocked = sorted(by_nodes | ruled_out)
+        rdma = cache.rdma[0] if cache.rdma else "rdma"
+        reason = explain.pod_reason(work, pod.spec, blocked, {**node_reasons, **why}, cache.gpu, rdma)
+        return None, f"gang {gang.name}: {len(allocs)} of {gang.need} members fit; member {pod.key}: {reason}"
 
 
 def _pool(workers: int) -> Any:
@@ -358,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
         sched.run()
     except KeyboardInterrupt:
         sched.stop.set()
-    sched.binder.pool.shutdown(wait=True)
+    sched.close()
     if args.leader_elect and elector.is_leader():
         elector.release()
     return 0

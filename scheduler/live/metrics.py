@@ -37,6 +37,12 @@ class Metrics:
         self.reservation_wait = prom.Histogram("railnet_scheduler_reservation_wait_seconds",
                                                "Head-of-line reservation taken -> its unit placed",
                                                registry=self.registry, buckets=buckets)
+        self.gang_wait = prom.Histogram("railnet_scheduler_gang_wait_seconds",
+                                        "A gang first seen with minMember pods -> planned (assumed)",
+                                        registry=self.registry, buckets=buckets)
+        self.gang_bind = prom.Histogram("railnet_scheduler_gang_bind_seconds",
+                                        "A gang planned -> the last of its binds answered",
+                                        registry=self.registry, buckets=buckets)
         self.leader = prom.Gauge("railnet_scheduler_leader", "1 while this replica holds the lease",
                                  registry=self.registry)
         self.enabled = True

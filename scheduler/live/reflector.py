@@ -17,7 +17,7 @@ log = logging.getLogger("railnet.scheduler.reflector")
 class Reflector(threading.Thread):
     def __init__(self, api: KubeApi, path: str, on_replace: Callable[[list[JSON]], None],
                  on_event: Callable[[str, JSON], None], stop: threading.Event, name: str = "",
-                 resource_version: str = "", page: int = 500) -> None:
+                 resource_version: str = "", page: int = 500, optional: bool = False) -> None:
         super().__init__(daemon=True, name=f"reflector-{name or path}")
         self.api, self.path, self.page = api, path, page
         self.on_replace, self.on_event, self.stop = on_replace, on_event, stop
@@ -26,6 +26,7 @@ class Reflector(threading.Thread):
         self.gone = 0  # 410 Gone answers that forced a relist
         self.synced = threading.Event()
         self.missing = False  # the resource is not served (e.g. a CRD that is not installed)
+        self.optional = optional  # a 403 (not allowed to read it) counts as missing, not as unsynced
 
     def run(self) -> None:
         backoff = 0.5
@@ -50,7 +51,7 @@ class Reflector(threading.Thread):
                         self.on_event(str(kind), obj)
                 backoff = 0.5
             except ApiError as exc:
-                if exc.status == 404:
+                if exc.status == 404 or (exc.status == 403 and self.optional):
                     self.missing = True
                     self.synced.set()  # nothing to wait for; retried slowly in case it appears
                     backoff = 5.0

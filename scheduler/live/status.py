@@ -3,6 +3,8 @@
 A status is sent only when it differs from the stored one and from the last one sent for that object
 (timestamps in conditions aside), so the watch event of our own write causes no second write. A 409
 (our copy was stale) is dropped: the watch brings the new object and the next sync tries again.
+Writes for one object coalesce: while one is queued and not yet sent, a newer status replaces it, so
+the queue never holds more than one write per object however slow the API server answers.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class StatusWriter:
         self.api, self.pool = api, pool
         self.group_path, self.plural = plural_path.rsplit("/", 1)
         self._sent: dict[str, JSON] = {}  # uid -> last status sent
+        self._queued: dict[str, JSON] = {}  # uid -> body waiting for a worker (the newest wins)
         self._lock = threading.Lock()
         self.written = 0
 
@@ -44,8 +47,17 @@ class StatusWriter:
             if want == comparable(obj.get("status")) or self._sent.get(uid) == want:
                 return False
             self._sent[uid] = want
-        self.pool.submit(self._put, {**obj, "status": status})
+            queued = uid in self._queued
+            self._queued[uid] = {**obj, "status": status}
+        if not queued:
+            self.pool.submit(self._put_queued, uid)
         return True
+
+    def _put_queued(self, uid: str) -> None:
+        with self._lock:
+            body = self._queued.pop(uid, None)
+        if body is not None:
+            self._put(body)
 
     def _put(self, body: JSON) -> None:
         meta = body["metadata"]

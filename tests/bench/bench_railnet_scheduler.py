@@ -1,7 +1,7 @@
 """railnet's scheduler vs kube-scheduler on one dev cluster, in one run: 1,000 kwok nodes (hgx-h100
 fixture: 8 GPUs + 8 RoCE NICs each, with their NodeTopology objects), 5,000 pods of 1 GPU + 1 NIC.
 
-    .venv/bin/python tests/bench/bench_railnet_scheduler.py [--nodes 1000] [--pods 5000] [--gangs 120] [--json]
+    .venv/bin/python tests/bench/bench_railnet_scheduler.py [--nodes 1000] [--pods 5000] [--gangs 128] [--modes backlog,arrival] [--json]
 
 Four phases of ``--pods`` pods, each in its own namespace; the pods of a phase are force-deleted
 before the next, so every phase starts on an empty cluster:
@@ -16,8 +16,10 @@ kube-scheduler schedules pods with the default schedulerName; ``railnet schedule
 process (leader election on, 64 bind workers) and takes pods whose schedulerName is ``railnet``.
 Both see the same nodes and the same API server; kube-scheduler stays running (idle) during the
 railnet phases and the railnet scheduler stays running (idle) during the kube-scheduler phases.
-With ``--gangs N``: N PodGroups of 8 pods x 8 GPUs (railnet only; stock kube-scheduler has no gangs),
-time from the last member's creation to all bound.
+With ``--gangs N``: N PodGroups of 8 pods x 8 GPUs (railnet only; stock kube-scheduler has no gangs):
+per gang, its last member's creation -> all its members bound (p50 / p99), and the scheduler's own
+planning and bind-call time in that phase (from its metrics endpoint). 128 such gangs fill 1,024
+nodes: run them with ``--nodes 1024``.
 """
 
 from __future__ import annotations
@@ -165,6 +167,12 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: no orphaned scheduler
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -204,7 +212,45 @@ def phase(cluster: DevCluster, name: str, pods: list[dict[str, Any]], pid: int, 
     return out
 
 
-def gang_phase(cluster: DevCluster, gangs: int, pid: int, timeout: float) -> dict[str, Any]:
+def scrape(port: int) -> dict[str, float]:
+    """The scheduler's Prometheus counters and histogram sums/counts (name{labels} -> value)."""
+    import urllib.request
+
+    out: dict[str, float] = {}
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        for line in resp.read().decode().splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                with contextlib.suppress(ValueError):
+                    out[name] = float(value)
+    return out
+
+
+def wait_leading(port: int, deadline: float) -> None:
+    """Until the railnet scheduler serves metrics and says it holds the lease."""
+    while True:
+        with contextlib.suppress(OSError):
+            if scrape(port).get("railnet_scheduler_leader") == 1.0:
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError("railnet scheduler did not become leader")
+        time.sleep(0.5)
+
+
+def _delta(before: dict[str, float], after: dict[str, float], name: str) -> float:
+    return after.get(name, 0.0) - before.get(name, 0.0)
+
+
+def gang_phase(cluster: DevCluster, gangs: int, pid: int, timeout: float, metrics_port: int = 0) -> dict[str, Any]:
+    """``gangs`` PodGroups of 8 x 8-GPU pods created back to back (16 connections, gang by gang).
+
+    Per gang: its last member's POST answered -> all its members seen bound on this process's watch
+    (p50 / p99 / max over gangs); and the whole phase: the last member created -> all bound. With a
+    metrics port, the scheduler's own time in the phase: planning (``decision_seconds``, per unit
+    tried), bind calls (``bind_seconds``, per pod), a complete gang's wait until it is planned
+    (``gang_wait_seconds``) and its plan -> last bind answered (``gang_bind_seconds``); the rest of
+    a gang's latency is the two watches (the scheduler seeing the last member, this process seeing
+    the binds) and the creation calls' own answer time."""
     ns = "bench-gangs"
     create_namespace(cluster, ns)
     api = cluster.api()
@@ -217,6 +263,8 @@ def gang_phase(cluster: DevCluster, gangs: int, pid: int, timeout: float) -> dic
     follower = Follower(cluster, ns, len(pods))
     follower.start()
     follower.ready.wait(30)
+    before = scrape(metrics_port) if metrics_port else {}
+    load = os.getloadavg()[0]
     created = create(cluster, ns, pods)
     last_created = max(created.values())
     if not follower.done.wait(timeout):
@@ -225,8 +273,33 @@ def gang_phase(cluster: DevCluster, gangs: int, pid: int, timeout: float) -> dic
     per_node: dict[str, int] = {}
     for item in api.get(f"/api/v1/namespaces/{ns}/pods")["items"]:
         per_node[item["spec"]["nodeName"]] = per_node.get(item["spec"]["nodeName"], 0) + 1
-    return {"gangs": gangs, "pods": len(pods), "last_created_to_all_bound_s":
-            round(max(follower.bound_at.values()) - last_created, 2), "max_pods_per_node": max(per_node.values())}
+    per_gang = []
+    for g in range(gangs):
+        names = [f"g{g:03d}-{m}" for m in range(8)]
+        per_gang.append(max(follower.bound_at[n] for n in names) - max(created[n] for n in names))
+    out: dict[str, Any] = {
+        "gangs": gangs, "pods": len(pods), "load_at_start": round(load, 2), "load_at_end": round(os.getloadavg()[0], 2),
+        "created_per_s": round(len(pods) / (last_created - min(created.values())), 1),
+        "gang_p50_s": round(statistics.median(per_gang), 3), "gang_p99_s": round(_pct(per_gang, 0.99), 3),
+        "gang_max_s": round(max(per_gang), 3),
+        "last_created_to_all_bound_s": round(max(follower.bound_at.values()) - last_created, 2),
+        "max_pods_per_node": max(per_node.values())}
+    if metrics_port:
+        after = scrape(metrics_port)
+        tried = _delta(before, after, "railnet_scheduler_decision_seconds_count")
+        binds = _delta(before, after, "railnet_scheduler_bind_seconds_count")
+        out.update(
+            units_planned=int(tried),
+            plan_s_total=round(_delta(before, after, "railnet_scheduler_decision_seconds_sum"), 3),
+            plan_ms_mean=round(1000 * _delta(before, after, "railnet_scheduler_decision_seconds_sum") / max(tried, 1), 2),
+            binds=int(binds),
+            bind_call_ms_mean=round(1000 * _delta(before, after, "railnet_scheduler_bind_seconds_sum") / max(binds, 1), 1))
+        for name in ("gang_wait", "gang_bind"):  # complete -> planned; planned -> last bind answered
+            count = _delta(before, after, f"railnet_scheduler_{name}_seconds_count")
+            if count:
+                total = _delta(before, after, f"railnet_scheduler_{name}_seconds_sum")
+                out[f"{name}_ms_mean"] = round(1000 * total / count, 1)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--order", default="kube,railnet", help="which scheduler's phases run first")
+    parser.add_argument("--modes", default="backlog,arrival",
+                        help="5,000-pod phases per scheduler (comma list; empty: gangs only)")
     args = parser.parse_args(argv)
 
     k8sbin.build()
@@ -255,33 +330,44 @@ def main(argv: list[str] | None = None) -> int:
         kwok_topology.publish(api, names)
         results["nodes_ready_s"] = round(time.monotonic() - t0, 2)
         log = open(cluster.dir / "logs" / "railnet-scheduler.log", "wb")  # noqa: SIM115
+        metrics_port = _free_port()
         profile = os.environ.get("RAILNET_PROFILE")  # a cProfile output path for the scheduler process
         railnet = subprocess.Popen(
             [sys.executable, *(["-m", "cProfile", "-o", profile] if profile else []), "-m", "railnet.cli", "scheduler", f"--kubeconfig={cluster.kubeconfig}",
-             "--log-level=warning"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+             "--log-level=warning", f"--metrics-port={metrics_port}"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         try:
+            wait_leading(metrics_port, time.monotonic() + 120)
             kube_pid = int(cluster.state()["processes"]["kube-scheduler"]["pid"])
             pids = {"kube": kube_pid, "railnet": railnet.pid}
             for sched in args.order.split(","):
                 pid = pids[sched]
-                for mode in ("backlog", "arrival"):
+                for mode in [m for m in args.modes.split(",") if m]:
                     name = f"{sched}-{mode}"
                     print(f"==> phase {name}", flush=True)
                     pods = [_pod(f"p-{i:05d}", "railnet" if sched == "railnet" else None) for i in range(args.pods)]
+                    load = os.getloadavg()[0]
                     results[name] = phase(cluster, f"bench-{name}", pods, pid, mode == "backlog", args.timeout)
+                    results[name].update(load_at_start=round(load, 2), load_at_end=round(os.getloadavg()[0], 2))
                     print(f"    {results[name]}", flush=True)
             if args.gangs:
                 print(f"==> phase gangs ({args.gangs} x 8 pods x 8 GPUs)", flush=True)
-                results["railnet-gangs"] = gang_phase(cluster, args.gangs, railnet.pid, args.timeout)
+                results["railnet-gangs"] = gang_phase(cluster, args.gangs, railnet.pid, args.timeout, metrics_port)
                 print(f"    {results['railnet-gangs']}", flush=True)
         finally:
             railnet.terminate()
-            railnet.wait(30)
+            try:
+                railnet.wait(30)
+            except subprocess.TimeoutExpired:
+                print("    railnet scheduler did not exit within 30 s of SIGTERM; killed", flush=True)
+                railnet.kill()
+                railnet.wait(10)
             log.close()
-        kb, rb = results["kube-backlog"]["bind_pods_per_s"], results["railnet-backlog"]["bind_pods_per_s"]
-        results["backlog_ratio_railnet_over_kube"] = round(rb / kb, 2)
-        ka, ra = results["kube-arrival"]["latency_p99_s"], results["railnet-arrival"]["latency_p99_s"]
-        results["arrival_p99_ratio_kube_over_railnet"] = round(ka / ra, 2) if ra else None
+        if "kube-backlog" in results and "railnet-backlog" in results:
+            kb, rb = results["kube-backlog"]["bind_pods_per_s"], results["railnet-backlog"]["bind_pods_per_s"]
+            results["backlog_ratio_railnet_over_kube"] = round(rb / kb, 2)
+        if "kube-arrival" in results and "railnet-arrival" in results:
+            ka, ra = results["kube-arrival"]["latency_p99_s"], results["railnet-arrival"]["latency_p99_s"]
+            results["arrival_p99_ratio_kube_over_railnet"] = round(ka / ra, 2) if ra else None
         results["load_at_end"] = os.getloadavg()[0]
     print(json.dumps(results) if args.json else json.dumps(results, indent=2))
     return 0

@@ -52,6 +52,7 @@ def test_scheduler_may_do_what_it_uses(cluster: DevCluster, rbac: Any) -> None:
     for verb in ("list", "watch", "get"):
         ok(verb, "nodes")
         ok(verb, "pods")
+        ok(verb, "namespaces")
         ok(verb, "nodetopologies", group="railnet.io")
         ok(verb, "podgroups", group="scheduling.x-k8s.io", namespace="team-a")
     ok("create", "pods", subresource="binding", namespace="team-a")
