@@ -10,12 +10,17 @@ container sees exactly the claim's character devices. Own module: its own cluste
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
+import stat
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +28,8 @@ import pytest
 from kubernetes import client, dynamic
 
 from netmanager.dra import DRIVER, slices
+from netmanager.dra.driver import socket_paths
+from netmanager.topology.discover import discover
 from railnet.dev.fixtures import build_fixture
 from railnet.dev.lab import AgentProcess
 from tests.kube import kubeutil
@@ -76,6 +83,9 @@ class DraOnNode:
             raise
         return dict(json.loads(resp.data))
 
+    def topology_nic(self, device: str) -> Any:
+        return slices.nic_by_device(discover(str(self.sysfs), node_name=self.rn.name))[device]
+
     def claim_of(self, ns: str, pod: str) -> dict[str, Any]:
         status = self.rn.core.read_namespaced_pod(pod, ns).status
         name = next(s.resource_claim_name for s in status.resource_claim_statuses or [])
@@ -83,12 +93,121 @@ class DraOnNode:
         return dict(json.loads(resp.data))
 
 
+GPU_DRIVER = "gpu.fixture.railnet.test"
+NVIDIA_MAJOR, NVIDIACTL_MINOR = 195, 255
+
+
+class FixtureGpuDriver:
+    """A test-only DRA driver standing in for a GPU driver: the fixture server's GPUs as one slice
+    (`gpu-<index>`, the standard pcieRoot / pciBusID / numaNode, and railnet's `rdma.railnet.io/pcieSwitch`
+    so a claim can align GPU and NIC by switch), prepared as CDI specs for fixture `/dev/nvidia<index>`
+    nodes (mknod) plus `/dev/nvidiactl`. Runs in the test process."""
+
+    def __init__(self, on: DraOnNode) -> None:
+        self.on = on
+        self.topology = discover(str(on.sysfs), node_name=on.rn.name)
+        self.dev = on.root / "gpudev"
+        self.dev.mkdir()
+        for name, minor in [(f"nvidia{g.index}", g.index) for g in self.topology.gpus] + [("nvidiactl", NVIDIACTL_MINOR)]:
+            os.mknod(self.dev / name, 0o666 | stat.S_IFCHR, os.makedev(NVIDIA_MAJOR, minor))
+        self.registry, self.endpoint = socket_paths(on.rn.layout.kubelet_root, GPU_DRIVER)
+        self.registered = threading.Event()
+        self.server: Any = None
+
+    def spec_path(self, uid: str) -> Path:
+        return self.on.rn.layout.cdi_dir / f"fixture.railnet.test-gpu_{uid}.json"
+
+    def slice(self) -> dict[str, Any]:
+        devices = [{"name": f"gpu-{g.index}", "attributes": {
+            "resource.kubernetes.io/pcieRoot": {"string": g.root_complex},
+            "resource.kubernetes.io/pciBusID": {"string": g.pci_address},
+            "resource.kubernetes.io/numaNode": {"int": g.numa_node},
+            f"{DRIVER}/pcieSwitch": {"string": g.pcie_switch},
+            "index": {"int": g.index}}} for g in self.topology.gpus]
+        name = self.on.rn.name
+        return {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice", "metadata": {"name": f"{name}-gpu"},
+                "spec": {"driver": GPU_DRIVER, "nodeName": name, "pool": {"name": name, "generation": 1,
+                                                                         "resourceSliceCount": 1}, "devices": devices}}
+
+    def prepare(self, request: Any, context: Any) -> Any:
+        from netmanager.kubelet.gen import dra_v1_pb2 as pb
+
+        reply = pb.NodePrepareResourcesResponse()
+        for claim in request.claims:
+            obj = json.loads(self.on.resource.read_namespaced_resource_claim(claim.name, claim.namespace,
+                                                                             _preload_content=False).data)
+            results = [r for r in obj["status"]["allocation"]["devices"]["results"] if r["driver"] == GPU_DRIVER]
+            edits = []
+            out = reply.claims[claim.uid]
+            for r in results:
+                index = int(r["device"].removeprefix("gpu-"))
+                nodes = [{"path": f"/dev/{n}", "hostPath": str(self.dev / n)} for n in (f"nvidia{index}", "nvidiactl")]
+                edits.append({"name": f"{claim.uid}-{r['device']}", "containerEdits": {"deviceNodes": nodes}})
+                out.devices.add(request_names=[r["request"]], pool_name=r["pool"], device_name=r["device"],
+                                cdi_device_ids=[f"fixture.railnet.test/gpu={claim.uid}-{r['device']}"])
+            self.spec_path(claim.uid).write_text(json.dumps({"cdiVersion": "0.6.0", "kind": "fixture.railnet.test/gpu",
+                                                             "devices": edits}))
+        return reply
+
+    def unprepare(self, request: Any, context: Any) -> Any:
+        from netmanager.kubelet.gen import dra_v1_pb2 as pb
+
+        reply = pb.NodeUnprepareResourcesResponse()
+        for claim in request.claims:
+            self.spec_path(claim.uid).unlink(missing_ok=True)
+            reply.claims[claim.uid].error = ""
+        return reply
+
+    def start(self) -> None:
+        import grpc
+
+        from netmanager.kubelet.gen import dra_v1_pb2_grpc as dra_rpc
+        from netmanager.kubelet.gen import pluginregistration_v1_pb2 as reg_pb
+        from netmanager.kubelet.gen import pluginregistration_v1_pb2_grpc as reg_rpc
+
+        driver = self
+
+        class Dra(dra_rpc.DRAPluginServicer):  # type: ignore[misc]
+            NodePrepareResources = staticmethod(driver.prepare)
+            NodeUnprepareResources = staticmethod(driver.unprepare)
+
+        class Reg(reg_rpc.RegistrationServicer):  # type: ignore[misc]
+            def GetInfo(self, request: Any, context: Any) -> Any:  # noqa: N802
+                return reg_pb.PluginInfo(type="DRAPlugin", name=GPU_DRIVER, endpoint=str(driver.endpoint),
+                                         supported_versions=["v1.DRAPlugin"])
+
+            def NotifyRegistrationStatus(self, request: Any, context: Any) -> Any:  # noqa: N802
+                if request.plugin_registered:
+                    driver.registered.set()
+                return reg_pb.RegistrationStatusResponse()
+
+        for path in (self.endpoint, self.registry):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.unlink(missing_ok=True)
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        dra_rpc.add_DRAPluginServicer_to_server(Dra(), self.server)
+        reg_rpc.add_RegistrationServicer_to_server(Reg(), self.server)
+        self.server.add_insecure_port(f"unix://{self.endpoint}")
+        self.server.add_insecure_port(f"unix://{self.registry}")
+        self.server.start()
+        assert self.registered.wait(60), f"the kubelet did not register {GPU_DRIVER}"
+        self.on.resource.create_resource_slice(self.slice())
+
+    def stop(self) -> None:
+        self.registry.unlink(missing_ok=True)
+        if self.server is not None:
+            self.server.stop(1).wait()
+        self.endpoint.unlink(missing_ok=True)
+        with contextlib.suppress(client.exceptions.ApiException):  # the kubelet may have wiped it already
+            self.on.resource.delete_resource_slice(self.slice()["metadata"]["name"])
+
+
 @pytest.fixture(scope="module")
 def dra(real_node: RealNode) -> Iterator[DraOnNode]:
     dyn = dynamic.DynamicClient(real_node.api_client)
     kubeutil.apply(dyn, kubeutil.load(sorted((kubeutil.DEPLOY / "crds").glob("*.yaml"))))
     on = DraOnNode(real_node)
-    classes = [DRIVER, "nobody.railnet.test"]
+    classes = [DRIVER, "nobody.railnet.test", GPU_DRIVER]
     for name in classes:  # one class railnet serves, one that no driver serves
         on.resource.create_device_class({"apiVersion": "resource.k8s.io/v1", "kind": "DeviceClass",
                                          "metadata": {"name": name},
@@ -129,9 +248,9 @@ def rail(n: int) -> str:
     return f'device.attributes["{DRIVER}"].rail == {n}'
 
 
-def char_devices(rn: RealNode, ns: str, pod: str) -> dict[str, tuple[int, int]]:
-    """{name: (major, minor)} of /dev/infiniband as the container sees it."""
-    out = _exec(rn, ns, pod, "sh", "-c", "ls -l /dev/infiniband 2>&1 || true")
+def char_devices(rn: RealNode, ns: str, pod: str, where: str = "/dev/infiniband") -> dict[str, tuple[int, int]]:
+    """{name: (major, minor)} of the character devices in a dir as the container sees it."""
+    out = _exec(rn, ns, pod, "sh", "-c", f"ls -l {where} 2>&1 || true")
     found = {}
     for line in out.splitlines():
         match = LS_LINE.match(line.strip())
@@ -205,8 +324,8 @@ def test_pod_gets_its_nic_through_cdi_and_an_agent_restart_loses_nothing(dra: Dr
     # deleting a pod unprepares its claim: the CDI spec and the record go
     core.delete_namespaced_pod("first", ns, grace_period_seconds=0)
     h.gone(core, ns, "first")
-    kubeutil.wait_for(lambda: dra.specs() == [f"railnet.io-rdma_{uid_second}.json"], 60, "first's CDI spec removed")
-    assert dra.records() == [f"{uid_second}.json"]
+    kubeutil.wait_for(lambda: dra.specs() == [f"railnet.io-rdma_{uid_second}.json"]
+                      and dra.records() == [f"{uid_second}.json"], 60, "first's CDI spec and record removed")
 
     # the agent dies (SIGKILL) between prepare and unprepare; a new one picks up from its state dir
     dra.agent.kill()
@@ -214,8 +333,8 @@ def test_pod_gets_its_nic_through_cdi_and_an_agent_restart_loses_nothing(dra: Dr
     dra.start()
     core.delete_namespaced_pod("second", ns, grace_period_seconds=0)
     h.gone(core, ns, "second")
-    kubeutil.wait_for(lambda: dra.specs() == [], 90, "second's CDI spec removed by the restarted agent")
-    assert dra.records() == []
+    kubeutil.wait_for(lambda: dra.specs() == [] and dra.records() == [], 90,
+                      "second's CDI spec and record removed by the restarted agent")
     unprepared = [json.loads(line) for line in dra.log()[before:].splitlines() if '"msg": "unprepared"' in line]
     assert uid_second in [e["uid"] for e in unprepared], "the new agent did the unprepare"
     kubeutil.wait_for(dra.slice, 60, "the slice back after the restart")
@@ -291,3 +410,49 @@ def test_bad_claims_give_clear_events_and_prepare_nothing(dra: DraOnNode, ns: st
     for pod in bad:
         h.gone(core, ns, pod)
     assert dra.specs() == [] and dra.records() == []
+
+
+@pytest.fixture
+def gpus(dra: DraOnNode) -> Iterator[FixtureGpuDriver]:
+    driver = FixtureGpuDriver(dra)
+    driver.start()
+    try:
+        yield driver
+    finally:
+        driver.stop()
+
+
+def test_gpu_and_nic_claimed_together_on_one_pcie_switch_by_kube_scheduler(dra: DraOnNode,
+                                                                         gpus: FixtureGpuDriver, ns: str) -> None:
+    """One claim, a GPU from another driver and a NIC from railnet, aligned by kube-scheduler with
+    matchAttribute: on railnet's pcieSwitch (the GPU driver publishes the same name) or the standard pcieRoot."""
+    rn, core = dra.rn, dra.rn.core
+    for name, gpu, key in (("by-switch", 5, f"{DRIVER}/pcieSwitch"), ("by-root", 6, "resource.kubernetes.io/pcieRoot")):
+        requests = [{"name": "gpu", "exactly": {"deviceClassName": GPU_DRIVER, "selectors": [
+                        {"cel": {"expression": f'device.attributes["{GPU_DRIVER}"].index == {gpu}'}}]}},
+                    {"name": "nic", "exactly": {"deviceClassName": DRIVER}}]
+        dra.resource.create_namespaced_resource_claim_template(ns, {
+            "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaimTemplate", "metadata": {"name": name},
+            "spec": {"spec": {"devices": {"requests": requests,
+                                          "constraints": [{"requests": ["gpu", "nic"], "matchAttribute": key}]}}}})
+        manifest = claiming_pod(name, name)
+        manifest["spec"]["resourceClaims"] = [{"name": "devs", "resourceClaimTemplateName": name}]
+        manifest["spec"]["containers"][0]["resources"] = {"claims": [{"name": "devs"}]}
+        core.create_namespaced_pod(ns, manifest)
+    for name, gpu in (("by-switch", 5), ("by-root", 6)):
+        h.running(core, ns, name, timeout=240)
+        results = {r["request"]: r for r in dra.claim_of(ns, name)["status"]["allocation"]["devices"]["results"]}
+        assert (results["gpu"]["driver"], results["gpu"]["device"]) == (GPU_DRIVER, f"gpu-{gpu}")
+        nic = dra.topology_nic(results["nic"]["device"])
+        assert nic.pcie_switch == gpus.topology.gpus[gpu].pcie_switch  # the NIC next to the GPU
+        # the container sees exactly the GPU's and the NIC's character devices, from two drivers' CDI specs
+        assert char_devices(rn, ns, name) == {f"uverbs{gpu}": (231, 192 + gpu), "rdma_cm": (10, 58)}
+        seen = char_devices(rn, ns, name, "/dev")
+        assert {k: v for k, v in seen.items() if k.startswith("nvidia")} == {
+            f"nvidia{gpu}": (NVIDIA_MAJOR, gpu), "nvidiactl": (NVIDIA_MAJOR, NVIDIACTL_MINOR)}
+    for name in ("by-switch", "by-root"):
+        core.delete_namespaced_pod(name, ns, grace_period_seconds=0)
+    for name in ("by-switch", "by-root"):
+        h.gone(core, ns, name)
+    kubeutil.wait_for(lambda: not list(rn.layout.cdi_dir.glob("*.json")) and dra.records() == [], 60,
+                      "both drivers unprepared")
