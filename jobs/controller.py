@@ -42,10 +42,10 @@ JOB_RESOURCES = [(group, fw) for group in (api.KUBEDL, api.KUBEFLOW) for fw in a
 
 class Controller:
     def __init__(self, kube: KubeApi, options: Options, metrics: Metrics, is_leader: Callable[[], bool],
-                 workers: int = 8, watch_delay: float = 0.0) -> None:
+                 workers: int = 8, watch_delay: float = 0.0, expectations_ttl: float = 300.0) -> None:
         self.kube, self.metrics, self.is_leader, self.workers = kube, metrics, is_leader, workers
         self.queue = WorkQueue()
-        self.expectations = Expectations()
+        self.expectations = Expectations(expectations_ttl)
         self.store = Store(self.queue.add, self.expectations)
         self.events = Events(kube, concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="events"),
                              socket.gethostname(), component="railnet-controller")
@@ -134,6 +134,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--renew-deadline", type=float, default=10.0)
     p.add_argument("--retry-period", type=float, default=2.0)
     p.add_argument("--workers", type=int, default=8, help="jobs reconciled concurrently")
+    p.add_argument("--create-parallelism", type=int, default=16,
+                   help="pod/Service creates in flight at once (a job's replicas are created concurrently)")
     p.add_argument("--hostnetwork-port-range", default="20000-30000",
                    help="host ports for kubedl.io/network-mode: host replicas (KubeDL's flag and default)")
     p.add_argument("--gang-scheduling", action=argparse.BooleanOptionalAction, default=False,
@@ -145,6 +147,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--log-level", default="info")
     p.add_argument("--debug-watch-delay", type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument("--debug-create-delay", type=float, default=0.0, help=argparse.SUPPRESS)
+    p.add_argument("--debug-expectations-ttl", type=float, default=300.0, help=argparse.SUPPRESS)  # 0: off
     return p.parse_args(argv)
 
 
@@ -163,9 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     elector = LeaderElector(kube, args.lease_namespace, args.lease_name, args.identity, args.lease_duration,
                             args.renew_deadline, args.retry_period)
     options = Options(port_range=span, gang_default=args.gang_scheduling, gang_scheduler=args.gang_scheduler_name,
-                      create_delay=args.debug_create_delay)
+                      create_delay=args.debug_create_delay, create_parallelism=max(1, args.create_parallelism))
     ctl = Controller(kube, options, metrics, elector.is_leader if args.leader_elect else (lambda: True),
-                     args.workers, args.debug_watch_delay)
+                     args.workers, args.debug_watch_delay, args.debug_expectations_ttl)
     ctl.start_caches()
     if not ctl.wait_synced():
         log.error("caches did not sync")

@@ -17,6 +17,7 @@ Deletes carry a ``uid`` precondition, so a lagging cache never deletes a pod it 
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import logging
 import threading
@@ -44,6 +45,7 @@ class Options:
     gang_default: bool = False
     gang_scheduler: str = "railnet"
     create_delay: float = 0.0  # tests: slow every create down (SIGKILL mid-reconcile)
+    create_parallelism: int = 16
 
 
 @dataclass
@@ -117,6 +119,8 @@ class Reconciler:
         self.ports = PortLedger()
         self.podgroups: set[str] = set()  # job uids whose PodGroup exists
         self.cleaned: set[str] = set()  # finished job uids whose PodGroup was deleted
+        # creates of one job run concurrently (like the anchors' parallel slow-start); shared by workers
+        self.pool = concurrent.futures.ThreadPoolExecutor(options.create_parallelism, thread_name_prefix="create")
 
     # -- entry --------------------------------------------------------------------------------------------
     def reconcile(self, key: str) -> None:
@@ -196,6 +200,7 @@ class Reconciler:
         failure: str | None = None
         restarting = False
         pending_create = False
+        missing: list[tuple[api.Replica, int]] = []
         in_place = 0
         for r in job.replicas.values():
             rs = counts[r.rtype] = ReplicaState()
@@ -246,13 +251,14 @@ class Reconciler:
                         rs.active += 1
                         rs.running += phase == "Running"
                     port = pod_host_port(pod, fw) if job.host_network else None
+                    self._ensure_service(job, r.rtype, i, port, services.get(name))
                 else:
-                    pod, port = self._create_pod(job, r, i)
-                    if pod is None:
-                        pending_create = True
-                        continue
-                    rs.active += 1
-                self._ensure_service(job, r.rtype, i, port, services.get(name))
+                    missing.append((r, i))
+        # missing replicas: created concurrently (independent writes; ports are picked under a lock)
+        created = list(self.pool.map(lambda ri: self._create_replica(job, ri[0], ri[1], services), missing))
+        for (r, _), ok in zip(missing, created, strict=True):
+            counts[r.rtype].active += ok
+            pending_create = pending_create or not ok
         worker0 = (pods.get(job.pod_name("Worker", 0)) or {}).get("status") or {}
         self._status(job, st, counts, restarts, failure, restarting, pending_create, in_place,
                      worker0.get("phase") == "Succeeded")
@@ -370,6 +376,14 @@ class Reconciler:
             self.metrics.inc("deletes", kind=kind)
         else:  # 404 (already gone) or 409 (another object by that name now): nothing to wait for
             self.expectations.lower(job.key, item)
+
+    def _create_replica(self, job: api.Job, r: api.Replica, index: int, services: dict[str, JSON]) -> bool:
+        """Pod, then its Service (host mode: targeting the new port); False if no port is free."""
+        pod, port = self._create_pod(job, r, index)
+        if pod is None:
+            return False
+        self._ensure_service(job, r.rtype, index, port, services.get(job.pod_name(r.rtype, index)))
+        return True
 
     def _create_pod(self, job: api.Job, r: api.Replica, index: int) -> tuple[JSON | None, int | None]:
         name = job.pod_name(r.rtype, index)

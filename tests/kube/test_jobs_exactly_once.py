@@ -40,12 +40,12 @@ def test_delayed_watch_never_creates_twice(jobs: Jobs) -> None:
 
 def test_sigkill_mid_reconcile_then_restart(jobs: Jobs) -> None:
     pods, services = watches(jobs)
-    first = jobs.start("--debug-create-delay=0.4")
+    first = jobs.start("--debug-create-delay=0.4", "--create-parallelism=1")
     jobs.create(tfjob("crash", PS=replica("tensorflow", 1), Worker=replica("tensorflow", 9)))
     kubeutil.wait_for(lambda: len(jobs.pods("crash-")) >= 3 or None, WAIT, "3 pods created")
     first.send_signal(signal.SIGKILL)
     first.wait(10)
-    made = len(jobs.pods("crash-"))
+    made = len(jobs.pods("crash-")) + len(jobs.services("crash-"))
     assert made < 20, "the controller finished before it was killed; the test needs a slower create"
     second = jobs.start()
     names = {"crash-ps-0", *(f"crash-worker-{i}" for i in range(9))}

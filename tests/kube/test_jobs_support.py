@@ -109,6 +109,8 @@ class Jobs:
             if proc.poll() is None:
                 proc.kill()
             proc.wait(10)
+            tail = [line for line in self.log_text(proc).splitlines() if '"level": "debug"' not in line][-15:]
+            print(f"--- controller {proc.pid} (exit {proc.returncode}), last lines:", *tail, sep="\n")
 
     # -- objects ------------------------------------------------------------------------------------
     def create(self, job: JSON) -> JSON:
