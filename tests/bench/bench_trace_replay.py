@@ -116,7 +116,8 @@ def print_summary(summaries: list[Summary], real: bool) -> None:
         return
     n = len(rows[0]["seeds"])  # type: ignore[arg-type]
     print()
-    print(f"summary at 130 % arrived demand, {n} held-out seed(s) per variant")
+    first, last = min(rows[0]["seeds"]), max(rows[0]["seeds"])  # type: ignore[type-var]
+    print(f"summary at 130 % arrived demand, {n} held-out seed(s) per variant ({first}..{last})")
     print()
     print(
         "| variant | railnet | FGD (ours) | FGD (published) | railnet - published | "
@@ -143,16 +144,65 @@ def print_summary(summaries: list[Summary], real: bool) -> None:
         print(f"railnet above the published FGD mean at 130 % on {beat_published} of {len(rows)} variants")
 
 
+def merge(runs: list[list[Summary]]) -> list[Summary]:
+    """Per-variant summaries of several runs (different seeds) joined, in first-seen variant order."""
+    out: dict[str, Summary] = {}
+    for run_ in runs:
+        for s in run_:
+            trace = str(s["trace"])
+            into = out.setdefault(trace, {"trace": trace, "seeds": []})
+            if set(into["seeds"]) & set(s["seeds"]):  # type: ignore[arg-type]
+                raise SystemExit(f"{trace}: seeds {s['seeds']} appear in two runs")
+            into["seeds"] = [*into["seeds"], *s["seeds"]]  # type: ignore[misc]
+            for name, values in s.items():
+                if isinstance(values, dict):
+                    held = into.setdefault(name, {"at100": [], "at130": []})
+                    for point in ("at100", "at130"):
+                        held[point] = [*held[point], *values[point]]  # type: ignore[index]
+    return list(out.values())
+
+
+def print_paired(summaries: list[Summary]) -> None:
+    for s in summaries:
+        if "railnet" in s and "fgd" in s:
+            diffs = [a - b for a, b in zip(s["railnet"]["at130"], s["fgd"]["at130"], strict=True)]  # type: ignore[index]
+            print(
+                f"{s['trace']} seeds {','.join(map(str, s['seeds']))}: railnet - FGD at 130 %: "  # type: ignore[arg-type]
+                + " ".join(f"{d:+.2f}" for d in diffs)
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="openb trace replay: railnet vs FGD, BestFit, Random")
     add_option(parser)
     add_traces_option(parser)
     parser.add_argument("--seeds", type=int, default=5, help="held-out seeds 42 upwards (report: 10)")
     parser.add_argument("--policies", default=",".join(ORDER), help=f"subset of {','.join(POLICIES)}")
+    parser.add_argument(
+        "--first-seed",
+        type=int,
+        default=FIRST_SEED,
+        help="first held-out seed (42; a later one to extend a run)",
+    )
     parser.add_argument("--json", type=Path, help="also write every per-seed value to this file")
+    parser.add_argument(
+        "--summary-from",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="replay nothing: print the summary of earlier --json files (e.g. seeds 42-46 and 47-51) together",
+    )
     args = parser.parse_args(argv)
+    if args.summary_from:
+        merged = merge([json.loads(path.read_text()) for path in args.summary_from])
+        print(f"summary of {', '.join(str(p) for p in args.summary_from)} (no replay run now)")
+        print_paired(merged)
+        print_summary(merged, args.openb_dir is not None)
+        return 0
     policies = [p for p in args.policies.split(",") if p]
-    seeds = range(FIRST_SEED, FIRST_SEED + args.seeds)
+    if args.first_seed < FIRST_SEED:
+        parser.error(f"seeds below {FIRST_SEED} are tuning seeds; the report uses {FIRST_SEED} and up")
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
     traces = parse_traces(args.traces)
     source = resolve(args.openb_dir, traces)
     traces = available(source, traces)
