@@ -127,6 +127,8 @@ class Reconciler:
         obj, pods, services = self.store.snapshot(key)
         if obj is None:
             self.expectations.delete(key)
+            _, kind, namespace, name = api.split_key(key)
+            self.events.forget(f"{kind}/{namespace}/{name}/")  # the dedupe memory of a deleted job
             return
         if obj["metadata"].get("deletionTimestamp"):
             return

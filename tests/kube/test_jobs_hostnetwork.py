@@ -42,7 +42,7 @@ def test_fifty_host_network_jobs_never_share_a_host_port_on_a_node(jobs: Jobs) -
     assert len(by_node) > 1
     holders = Counter(p for held in by_node.values() for p in held)
     assert max(holders.values()) <= 3  # least-used first: ceil(100 / 40), so 4 nodes always suffice
-    services = jobs.services()
+    services = kubeutil.wait_for(lambda: s if names <= set(s := jobs.services()) else None, WAIT, "100 Services")
     for name in names:
         [sp] = services[name]["spec"]["ports"]
         assert sp["port"] == 2222 and sp["targetPort"] == host_port(pods[name])

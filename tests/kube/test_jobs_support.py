@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -63,12 +64,25 @@ def tfjob(name: str, group: str = api.KUBEDL, annotations: dict[str, str] | None
             "metadata": {"name": name, "annotations": annotations or {}}, "spec": spec}
 
 
+class _Api(KubeApi):
+    """KubeApi that waits out 429s (a CRD installed moments ago answers "storage is (re)initializing")."""
+
+    def request(self, method: str, path: str, body: Any = None,
+                content_type: str = "application/json") -> tuple[int, Any]:
+        for _ in range(40):
+            status, answer = super().request(method, path, body, content_type)
+            if status != 429:
+                break
+            time.sleep(0.25)
+        return status, answer
+
+
 class Jobs:
     """One test's namespace, controller processes and helpers."""
 
     def __init__(self, cluster: DevCluster, namespace: str, tmp: Path) -> None:
         self.cluster, self.ns, self.tmp = cluster, namespace, tmp
-        self.api = KubeApi(endpoint_from_config(str(cluster.kubeconfig)), user_agent="railnet-tests")
+        self.api = _Api(endpoint_from_config(str(cluster.kubeconfig)), user_agent="railnet-tests")
         self.procs: list[subprocess.Popen[bytes]] = []
         self.metrics_ports: dict[int, int] = {}
 
