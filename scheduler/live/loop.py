@@ -68,6 +68,7 @@ class Scheduler:
         self._unit_fail: dict[str, tuple[int, float, int]] = {}
         self._short_since: dict[str, float] = {}  # gang -> when it was first seen with too few pods
         self._gang_complete: dict[str, float] = {}  # gang -> when it was first tried with enough pods
+        self._anti_held: bool | None = None  # does a placed pod carry anti-affinity (per cycle, lazily)
 
     # -- caches ------------------------------------------------------------------------------------------
     def start_caches(self) -> None:
@@ -106,6 +107,7 @@ class Scheduler:
         cache = self.cache
         now = time.monotonic()
         with cache.lock:
+            self._anti_held = None
             for key in cache.expire_assumed(now, self.assume_ttl):
                 log.warning("assumed pod expired", extra={"pod": key, "ttl_s": self.assume_ttl})
             if cache.dirty:
@@ -230,6 +232,8 @@ class Scheduler:
             self.metrics.observe("reservation_wait", now - self.reservation.since)
             self._release_reservation()
         cache.assume(plan.allocations)
+        if any(p.terms is not None and p.terms.anti for p in unit.pods):
+            self._anti_held = True  # units after this one in the cycle must respect it
         if book is not None:
             book.start(unit.key)
         self._unit_fail.pop(unit.key, None)
@@ -251,8 +255,11 @@ class Scheduler:
         cache = self.cache
         if not cache.with_terms:
             return None
-        if not any(p.terms is not None for p in unit.pods) and not cache.anti_holders():
-            return None
+        if not any(p.terms is not None for p in unit.pods):
+            if self._anti_held is None:
+                self._anti_held = cache.anti_holders()
+            if not self._anti_held:
+                return None
         return _Affinity(cache)
 
     # -- head-of-line reservation (reservation.py) ---------------------------------------------------

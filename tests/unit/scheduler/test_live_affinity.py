@@ -237,3 +237,13 @@ def test_pods_without_terms_cost_nothing_extra() -> None:
     s = sched([zoned("a", "z1")], pod("p"))
     [unit] = gangs.collect(s.cache.pending(0.0), s.cache.pods, s.cache.podgroups, set())
     assert s._affinity(unit) is None  # no term anywhere: the filter is not even built
+
+
+def test_a_pod_without_terms_respects_anti_affinity_placed_earlier_in_the_same_cycle() -> None:
+    guard = with_terms("guard", {"app": "guard"}, anti=[term(HOST, app="web")])
+    guard["metadata"]["creationTimestamp"] = "2025-01-01T00:00:00Z"  # first in the queue
+    s = sched([zoned("a", "z1"), zoned("b", "z1")], guard, *(pod(f"web{i}", metadata={"labels": {"app": "web"}})
+                                                            for i in range(3)))
+    decisions = {d.pod.name: d.node for d in s.cycle()}
+    assert len(decisions) == 4
+    assert all(decisions[f"web{i}"] != decisions["guard"] for i in range(3))
