@@ -74,6 +74,7 @@ class Controller:
             specs.append((kind_group, api.resource_path(group, fw.plural),
                           functools.partial(s.replace_jobs, kind_group), s.on_job))
         specs.append(("pods", "/api/v1/pods", s.replace_pods, self._delayed(s.on_pod)))
+        specs.append(("nodes", "/api/v1/nodes", s.replace_nodes, s.on_node))
         specs.append(("services", SERVICES, s.replace_services, self._delayed(s.on_service)))
         for name, path, replace, on_event in specs:
             reflector = Reflector(self.kube, path, replace, on_event, self.stop, name=name)

@@ -49,6 +49,16 @@ class PortRange:
         return f"{self.low}-{self.high}"
 
 
+def parse_ports(text: str) -> set[int]:
+    """``"22,2379-2380,31000"`` -> the set of ports (the host-listeners annotation's format)."""
+    out: set[int] = set()
+    for part in text.replace(" ", "").split(","):
+        if part:
+            span = PortRange.parse(part)
+            out.update(range(span.low, span.high + 1))
+    return out
+
+
 def pick(span: PortRange, held: Mapping[int, int], node_held: Collection[int] = (),
          avoid: Collection[int] = (), rng: random.Random | None = None) -> int | None:
     """A port of ``span``: fewest holders in ``held`` (port -> pods), none on the pinned node

@@ -73,7 +73,11 @@ class PortLedger:
                     del self.assumed[key]
                 else:
                     held[port] += 1
-            node_held = set(store.node_ports.get(node, {})) if node else set()
+            for listening in store.listeners.values():  # each node's host listeners hold their ports
+                for port in listening:
+                    if span.low <= port <= span.high:
+                        held[port] += 1
+            node_held = set(store.node_ports.get(node, {})) | store.listeners.get(node, set()) if node else set()
             chosen = ports.pick(span, held, node_held, avoid)
             if chosen is not None:
                 self.assumed[pod_key] = (chosen, now)

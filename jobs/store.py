@@ -13,11 +13,12 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from jobs import builder
+from jobs import builder, ports
 from jobs.api import FRAMEWORKS, job_key
 from jobs.expectations import Expectations
 
 JSON = dict[str, Any]
+HOST_LISTENERS = "railnet.io/host-listeners"  # on a Node: ports host processes listen on ("22,2379-2380")
 
 
 def _ns_name(obj: JSON) -> str:
@@ -48,6 +49,7 @@ class Store:
         self.owned_services: dict[str, dict[str, JSON]] = {}
         self.port_holders: Counter[int] = Counter()  # host port -> live pods declaring it
         self.node_ports: dict[str, Counter[int]] = {}  # node -> host port -> live pods
+        self.listeners: dict[str, set[int]] = {}  # node -> ports its host processes listen on
 
     # -- jobs ---------------------------------------------------------------------------------------------
     @staticmethod
@@ -178,6 +180,28 @@ class Store:
         uid = _controller_uid(svc)
         if uid:
             self.owned_services.setdefault(uid, {})[svc["metadata"]["name"]] = svc
+
+    # -- nodes: host listeners -----------------------------------------------------------------------
+    def replace_nodes(self, items: list[JSON]) -> None:
+        with self.lock:
+            self.listeners.clear()
+            for node in items:
+                self._put_node(node)
+
+    def on_node(self, event: str, node: JSON) -> None:
+        with self.lock:
+            self.listeners.pop(node["metadata"]["name"], None)
+            if event != "DELETED":
+                self._put_node(node)
+
+    def _put_node(self, node: JSON) -> None:
+        text = (node["metadata"].get("annotations") or {}).get(HOST_LISTENERS)
+        if not text:
+            return
+        try:
+            self.listeners[node["metadata"]["name"]] = ports.parse_ports(text)
+        except ValueError:
+            return  # an unreadable annotation protects nothing; the agent owns its format
 
     # -- reads (copies, so a reconcile never sees a half-applied event) ----------------------------------
     def snapshot(self, key: str) -> tuple[JSON | None, dict[str, JSON], dict[str, JSON]]:

@@ -8,6 +8,7 @@ import concurrent.futures
 from collections import Counter, defaultdict
 
 from jobs import api, builder
+from jobs.store import HOST_LISTENERS
 from tests.kube import kubeutil
 from tests.kube.test_jobs_support import WAIT, Jobs, job_crds, jobs, replica, tf_config, tfjob
 
@@ -69,3 +70,30 @@ def test_fail_over_moves_to_a_new_port_and_retargets_the_service(jobs: Jobs) -> 
         assert after[other]["metadata"]["uid"] == before[other]["metadata"]["uid"]
     jobs.end_pod("fo-worker-0", "Succeeded")
     jobs.wait_condition("TFJob", "fo", "Succeeded")
+
+
+def test_ports_that_host_processes_listen_on_are_not_picked(jobs: Jobs) -> None:
+    # each node reports host listeners on 30 of the range's 40 ports (annotation railnet.io/host-listeners,
+    # the contract a node agent fills); 10 jobs x 2 replicas must all land on the other 10
+    nodes = [n["metadata"]["name"] for n in jobs.api.get("/api/v1/nodes")["items"]]
+
+    def annotate(value: str | None) -> None:
+        for node in nodes:
+            jobs.api.call("PATCH", f"/api/v1/nodes/{node}", {"metadata": {"annotations": {HOST_LISTENERS: value}}},
+                          "application/merge-patch+json")
+
+    annotate("22,34100-34129")
+    try:
+        jobs.start("--hostnetwork-port-range=34100-34139")
+        for i in range(10):
+            jobs.create(tfjob(f"l{i}", annotations=HOST, Worker=replica("tensorflow", 2)))
+        names = {f"l{i}-worker-{w}" for i in range(10) for w in (0, 1)}
+        pods = jobs.wait_running(names)
+        used = [host_port(pods[n]) for n in names]
+        assert all(34130 <= p <= 34139 for p in used), sorted(used)
+        by_node: dict[str, list[int]] = defaultdict(list)
+        for n in names:
+            by_node[pods[n]["spec"]["nodeName"]].append(host_port(pods[n]))
+        assert all(len(v) == len(set(v)) for v in by_node.values())
+    finally:
+        annotate(None)

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from jobs.ports import PortRange, pick
+from jobs.ports import PortRange, parse_ports, pick
 
 
 def test_parse() -> None:
@@ -42,3 +42,10 @@ def test_least_used_spreads_holders_evenly() -> None:
         assert port is not None
         held[port] += 1
     assert max(held.values()) == 3  # ceil(100 / 40): a 4-node cluster can always separate them
+
+
+def test_parse_ports_of_the_host_listeners_annotation() -> None:
+    assert parse_ports("22, 2379-2381,31000") == {22, 2379, 2380, 2381, 31000}
+    assert parse_ports("") == set()
+    with pytest.raises(ValueError):
+        parse_ports("22,x")
