@@ -39,7 +39,7 @@ def test_invalid_jobs_get_a_condition_and_nothing_half_created(jobs: Jobs) -> No
     # fixing the spec lets the job run (the InvalidSpec condition goes away)
     jobs.patch_job("TFJob", "no-container", {"spec": {"tfReplicaSpecs": {"Worker": replica("tensorflow", 2)}}})
     kubeutil.wait_for(lambda: len(jobs.pods("no-container-")) == 2 or None, 60, "pods of the fixed job")
-    assert not jobs.condition("TFJob", "no-container", "Failed")
+    kubeutil.wait_for(lambda: not jobs.condition("TFJob", "no-container", "Failed"), 60, "InvalidSpec cleared")
 
 
 def test_invalid_port_range_flag_stops_the_controller_with_a_message() -> None:
