@@ -28,7 +28,8 @@ def test_anchor_examples_apply_unchanged_and_run(jobs: Jobs, apply: Any) -> None
     env = {e["name"]: e["value"] for e in pods["pytorch-simple-worker-0"]["spec"]["containers"][0]["env"]}
     assert (env["MASTER_ADDR"], env["MASTER_PORT"], env["RANK"], env["WORLD_SIZE"]) == \
         ("pytorch-simple-master-0", "23456", "1", "2")
-    services = jobs.services()
+    want = {"mnist-worker-0", "mnist-worker-1", "mnist-worker-2", "pytorch-simple-master-0", "pytorch-simple-worker-0"}
+    services = kubeutil.wait_for(lambda: s if want <= set(s := jobs.services()) else None, WAIT, "Services")
     assert services["mnist-worker-2"]["spec"]["clusterIP"] == "None"
     assert set(services) >= {"mnist-worker-0", "pytorch-simple-master-0", "pytorch-simple-worker-0"}
     jobs.wait_condition("TFJob", "mnist", "Running")

@@ -48,7 +48,7 @@ def test_controller_runs_a_job_with_only_its_rbac(jobs: Jobs, sa_kubeconfig: Pat
                       run={"ttlSecondsAfterFinished": 0}, Worker=replica("tensorflow", 2)))
     pods = kubeutil.wait_for(lambda: p if len(p := jobs.pods("rb-")) == 2 else None, WAIT, "2 pods")
     assert all(pod["spec"]["schedulerName"] == "railnet" for pod in pods.values())
-    assert len(jobs.services("rb-")) == 2
+    kubeutil.wait_for(lambda: len(jobs.services("rb-")) == 2 or None, WAIT, "2 Services")  # each after its pod
     group = f"/apis/scheduling.x-k8s.io/v1alpha1/namespaces/{jobs.ns}/podgroups/rb"
     assert jobs.api.request("GET", group)[0] == 200
     jobs.wait_condition("TFJob", "rb", "Created")
