@@ -18,6 +18,7 @@ from ipam.kubeapi import KubeApi
 from railnet.dev.devcluster import DevCluster
 from tests.kube import kubeutil
 from tests.kube.ipam_agents import Nodes, pool
+from tests.kube.test_ipam_gc import _clean
 
 
 @pytest.fixture
@@ -128,5 +129,6 @@ def test_bad_input_gives_clear_errors_and_allocates_nothing(
         call = one.call(0, "ADD", tiny, "c6")
         assert _code(call) == POOL_FULL and tiny in call.output["msg"] and "(1 addresses)" in call.output["msg"], call
         assert one.call(0, "DEL", tiny, "c5").ok
-    report = audit(kube)
-    assert report.clean, report.lines()
+    # The deleted pool's empty block is given back when the agent's pool watch sees the deletion:
+    # under load that is after this line, so wait for it (a block left for good fails here).
+    _clean(kube)
