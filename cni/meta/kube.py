@@ -67,7 +67,12 @@ class KubePods:
         body = {"metadata": {"uid": pod.uid, "annotations": {NETWORK_STATUS_ANNOTATION: value}}}
         for attempt in range(3):
             try:
-                self.core.patch_namespaced_pod(pod.name, pod.namespace, body, _request_timeout=TIMEOUT)
+                # _preload_content=False: the reply (the whole pod) is not turned into client models,
+                # which costs more than the request itself on this path (every ADD waits for it).
+                reply = self.core.patch_namespaced_pod(pod.name, pod.namespace, body, _request_timeout=TIMEOUT,
+                                                       _preload_content=False)
+                reply.read()  # consumed, so the connection goes back to the pool clean
+                reply.release_conn()
                 return
             except (ApiException, HTTPError, OSError) as exc:
                 error = _failure(exc, f"patch pod {pod.namespace}/{pod.name}")
