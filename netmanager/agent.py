@@ -218,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--publish-topology", type=float, default=0.0, metavar="SECONDS",
                         help="with --kubeconfig: publish this node's NodeTopology (from --sysfs) at start and "
                              "every SECONDS (default 0: off)")
+    parser.add_argument("--publish-host-listeners", type=float, default=0.0, metavar="SECONDS",
+                        help="with --kubeconfig: annotate this node with the TCP ports host processes listen on "
+                             "(railnet.io/host-listeners, read by the job controller), checked every SECONDS "
+                             "(default 0: off)")
     parser.add_argument("--no-meta-cache", dest="meta_cache", action="store_false",
                         help="with --kubeconfig: the meta plugin GETs the pod and its NADs on every ADD instead "
                              "of reading this node's pod and NAD watch caches (for comparison)")
@@ -271,6 +275,13 @@ def main(argv: list[str] | None = None) -> int:
         topology = TopologyPublisher(args.kubeconfig, args.node_name, args.sysfs, args.publish_topology)
         topology.start()
 
+    listeners = None
+    if args.kubeconfig is not None and args.publish_host_listeners > 0:
+        from netmanager.host_listeners import ListenerPublisher
+
+        listeners = ListenerPublisher(args.kubeconfig, args.node_name, args.publish_host_listeners)
+        listeners.start()
+
     if dra is not None:
         dra.start()
 
@@ -286,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     server.shutdown()  # waits for in-flight requests, removes our socket
     if topology is not None:
         topology.stop()
+    if listeners is not None:
+        listeners.stop()
     if dra is not None:
         dra.stop()
     agent.close()

@@ -81,3 +81,37 @@ def test_a_link_change_republishes_at_once(cluster: DevCluster, railnet_crds: li
             core.delete_node(name)
             with contextlib.suppress(client.ApiException):
                 custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, name)
+
+
+def test_agent_publishes_the_ports_host_processes_listen_on(cluster: DevCluster, core: client.CoreV1Api) -> None:
+    """A listener opened on the host appears in the Node's railnet.io/host-listeners (the format the job
+    controller reads) and leaves it when closed."""
+    import socket
+
+    from jobs.ports import parse_ports
+    from netmanager.host_listeners import ANNOTATION
+
+    name = f"rn-listen-{uuid.uuid4().hex[:6]}"
+    core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name=name)))
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+
+    def published() -> set[int]:
+        text = (core.read_node(name).metadata.annotations or {}).get(ANNOTATION)
+        return parse_ports(text) if text else set()
+
+    with tempfile.TemporaryDirectory(prefix="rn-listen-") as tmp:
+        agent = AgentProcess(Path(tmp) / "agent")
+        agent.args = ["--kubeconfig", str(cluster.kubeconfig), "--node-name", name,
+                      "--publish-host-listeners", "0.5", "--reconcile-interval", "0"]
+        try:
+            agent.start()
+            kubeutil.wait_for(lambda: port in published(), 30, f"port {port} in {ANNOTATION}")
+            listener.close()
+            kubeutil.wait_for(lambda: port not in published(), 30, f"port {port} gone from {ANNOTATION}")
+        finally:
+            listener.close()
+            agent.stop()
+            core.delete_node(name)
