@@ -13,6 +13,7 @@ import ipaddress
 import os
 import socket
 import struct
+import threading
 from dataclasses import dataclass
 
 # message types and flags (linux/netlink.h, linux/rtnetlink.h)
@@ -297,3 +298,17 @@ class Rtnl:
 
     def delete_rule(self, src: str, table: int, priority: int) -> None:
         self._rule(RTM_DELRULE, NLM_F_ACK, src, table, priority)
+
+
+class ThreadRtnl:
+    """`rtnl()`: this thread's own Rtnl, opened on first use in the namespace the thread is in then
+    (the agent's, for its workers), so concurrent requests never wait on each other's socket."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def __call__(self) -> Rtnl:
+        rtnl: Rtnl | None = getattr(self._local, "rtnl", None)
+        if rtnl is None:
+            rtnl = self._local.rtnl = Rtnl()
+        return rtnl

@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-import threading
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +23,7 @@ from cni.ipam_calls import IpamCalls
 from cni.linux.iface import check_sysctl_overrides, configure_iface, netlink
 from cni.linux.netns import NetNS, NetnsError
 from cni.linux.nic import resolve_master
-from cni.linux.rtnl import Link, Rtnl, RtnlError
+from cni.linux.rtnl import Link, Rtnl, RtnlError, ThreadRtnl
 from cni.spec.errors import (
     CHECK_FAILED,
     INTERFACE_EXISTS,
@@ -91,16 +90,13 @@ class MacvlanPlugin:
         self.attachments = attachments
         self.ipam = ipam
         self.sysfs = sysfs
-        self._local = threading.local()
+        self._host = ThreadRtnl()
 
     @property
     def host(self) -> Rtnl:
         """A netlink socket in the agent's own namespace (where the NICs live), one per thread,
         so concurrent requests never wait on each other's socket."""
-        rtnl: Rtnl | None = getattr(self._local, "rtnl", None)
-        if rtnl is None:
-            rtnl = self._local.rtnl = Rtnl()
-        return rtnl
+        return self._host()
 
     # ---- ADD ------------------------------------------------------------------------------
     def add(self, req: CniRequest) -> dict[str, Any]:

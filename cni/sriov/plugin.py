@@ -17,7 +17,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import threading
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -30,7 +29,7 @@ from cni.ipam_calls import IpamCalls
 from cni.linux import rdma
 from cni.linux.iface import check_sysctl_overrides, configure_iface, netlink
 from cni.linux.netns import NetNS, NetnsError, entered
-from cni.linux.rtnl import Link, Rtnl, RtnlError
+from cni.linux.rtnl import Link, Rtnl, RtnlError, ThreadRtnl
 from cni.macvlan.plugin import MacvlanPlugin, merge_prev, recorded_rules
 from cni.spec.errors import (
     CHECK_FAILED,
@@ -141,17 +140,14 @@ class SriovPlugin:
         self.attachments = attachments
         self.ipam = ipam
         self.sysfs = sysfs
-        self._local = threading.local()
+        self._host = ThreadRtnl()
         # The agent's own namespace (where VFs live when no pod has them), to move them back into.
         self.host_ns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
 
     @property
     def host(self) -> Rtnl:
         """A netlink socket in the agent's own namespace, one per thread (as macvlan's)."""
-        rtnl: Rtnl | None = getattr(self._local, "rtnl", None)
-        if rtnl is None:
-            rtnl = self._local.rtnl = Rtnl()
-        return rtnl
+        return self._host()
 
     # ---- ADD ------------------------------------------------------------------------------
     def add(self, req: CniRequest) -> dict[str, Any]:
