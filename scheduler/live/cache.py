@@ -23,7 +23,7 @@ from types import MappingProxyType, SimpleNamespace
 from typing import Any
 
 from scheduler.domains import DEFAULT_DOMAIN_KEYS
-from scheduler.live import interpod, objects
+from scheduler.live import hostports, interpod, objects
 from scheduler.live.allocation import PodAllocation
 from scheduler.model import Allocation, Cluster, ModelError, Node, PodSpec, new_node
 from scheduler.topology import CompactTopology, from_node_topology, uniform
@@ -105,6 +105,7 @@ class SchedulerCache:
         self.quotas: dict[str, JSON] = {}  # ElasticQuotas by "namespace/name"
         self.namespaces: dict[str, Mapping[str, str]] = {}  # namespace -> labels (namespaceSelector)
         self.with_terms: set[str] = set()  # pods with required inter-pod (anti-)affinity
+        self.with_ports: set[str] = set()  # pods that declare host ports (hostports.py)
         self.cluster = Cluster([], domain_keys)
         self.dirty = True
         self.assumed: dict[str, tuple[str, Allocation]] = {}  # pod -> (node name, allocation)
@@ -114,6 +115,7 @@ class SchedulerCache:
         self.foreign: set[str] = set()  # ledger entries whose devices are a guess
         self.backoff: dict[str, float] = {}  # pod -> monotonic time before which it is not retried
         self._excluded: dict[tuple[str, str, str], tuple[list[int], dict[str, int]]] = {}
+        self._listeners: tuple[Cluster | None, dict[int, frozenset[int]]] = (None, {})
 
     # -- events (reflector threads) ------------------------------------------------------------------
     def _bump(self, freed: bool = False) -> None:
@@ -138,7 +140,9 @@ class SchedulerCache:
                     self._bump()
                 return
             trimmed = {
-                "metadata": {"name": name, "labels": obj["metadata"].get("labels") or {}},
+                "metadata": {"name": name, "labels": obj["metadata"].get("labels") or {},
+                             "annotations": {k: v for k, v in (obj["metadata"].get("annotations") or {}).items()
+                                             if k == hostports.HOST_LISTENERS}},
                 "spec": {k: v for k, v in (obj.get("spec") or {}).items() if k in ("taints", "unschedulable")},
                 "status": {"allocatable": (obj.get("status") or {}).get("allocatable") or {}},
             }
@@ -257,6 +261,8 @@ class SchedulerCache:
             self.pods[key] = state
             if state.terms is not None:
                 self.with_terms.add(key)
+            if state.constraints.host_ports:
+                self.with_ports.add(key)
             if state.gang is not None:
                 self.gang_members.setdefault(state.gang.key, set()).add(key)
             if state.ours and not state.node:
@@ -283,6 +289,7 @@ class SchedulerCache:
                     del self.gang_members[old.gang.key]
         self.waiting.discard(key)
         self.with_terms.discard(key)
+        self.with_ports.discard(key)
         self.assumed.pop(key, None)
         self.foreign.discard(key)
         self.backoff.pop(key, None)
@@ -414,7 +421,8 @@ class SchedulerCache:
         return [pods[k] for k in self.waiting if k not in held and backoff.get(k, 0.0) <= now]
 
     def excluded(self, constraints: objects.Constraints) -> tuple[list[int], dict[str, int]]:
-        """Node indices these constraints rule out, and how many per reason (cached until a rebuild)."""
+        """Node indices these constraints rule out, and how many per reason: taints, selector and
+        affinity (cached until a rebuild), then host ports taken on the node now (``hostports``)."""
         found = self._excluded.get(constraints.signature)
         if found is None:
             out: list[int] = []
@@ -425,7 +433,27 @@ class SchedulerCache:
                     out.append(node.index)
                     reasons[why] = reasons.get(why, 0) + 1
             found = self._excluded[constraints.signature] = (out, reasons)
-        return found
+        if not constraints.host_ports:
+            return found
+        static = set(found[0])
+        held: dict[int, list[hostports.HostPort]] = {}
+        for key in self.with_ports:  # pods holding a node (bound or assumed) that declare host ports
+            alloc = self.cluster.allocations.get(key)
+            if alloc is not None and alloc.node not in static:
+                held.setdefault(alloc.node, []).extend(self.pods[key].constraints.host_ports)
+        listeners = {i: p for i, p in self._listener_index().items() if i not in static}
+        taken, port_reasons = hostports.excluded(constraints.host_ports, held, listeners)
+        if not taken:
+            return found
+        return found[0] + taken, {**found[1], **port_reasons}
+
+    def _listener_index(self) -> dict[int, frozenset[int]]:
+        """Node index -> ports its host processes listen on, per built ``Cluster`` (a changed
+        annotation changes the node's signature, so the cluster is rebuilt)."""
+        if self._listeners[0] is not self.cluster:
+            self._listeners = (self.cluster, {n.index: ports for n in self.cluster.nodes
+                                              if (ports := hostports.listeners_of(self.nodes[n.name]))})
+        return self._listeners[1]
 
     def placed(self) -> list[interpod.Placed]:
         """Every pod holding a node (bound or assumed), for inter-pod affinity."""

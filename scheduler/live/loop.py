@@ -24,7 +24,7 @@ from collections.abc import Callable, Container
 from typing import Any
 
 from scheduler.gang import Gang, GangPlan, plan_gang
-from scheduler.live import allocation, explain, gangs, interpod, logs, quotas, reservation
+from scheduler.live import allocation, explain, gangs, hostports, interpod, logs, quotas, reservation
 from scheduler.live.binder import Binder, Decision, Events
 from scheduler.live.cache import SchedulerCache
 from scheduler.live.evictor import Evictor
@@ -194,8 +194,8 @@ class Scheduler:
                 node_reasons[f"the reservation of {held.key}"] = len(reserved)
         for index in blocked:
             view.block(index)
-        plan = plan_gang(view, gang)
-        why_not: str | None = None
+        why_not: str | None
+        plan, why_not = hostports.plan_gang(view, gang, unit.pods, cache.gpu, cache.rdma[0] if cache.rdma else "rdma")
         if affinity is not None and len(gang.members) > 1 and affinity.members_interact(unit.pods) and (
                 plan is None or not affinity.consistent(unit.pods, plan)):
             # members must see each other: place them one by one, each against those before it

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from scheduler.live.hostports import HostPort, of_pod
 from scheduler.model import MILLI, PodSpec
 
 JSON = dict[str, Any]
@@ -171,6 +172,7 @@ class Constraints:
     tolerations: str = "[]"
     node_selector: str = "{}"
     affinity: str = "[]"
+    host_ports: tuple[HostPort, ...] = ()  # hostports.py; checked per decision, not part of the signature
     signature: tuple[str, str, str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -185,6 +187,7 @@ def constraints_of(pod: Mapping[str, Any]) -> Constraints:
         json.dumps(spec.get("tolerations") or [], sort_keys=True),
         json.dumps(spec.get("nodeSelector") or {}, sort_keys=True),
         json.dumps(terms, sort_keys=True),
+        of_pod(pod),
     )
 
 
