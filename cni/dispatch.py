@@ -20,6 +20,7 @@ from cni.ipam_calls import IpamCalls
 from cni.linux.netns import NetnsError
 from cni.linux.rtnl import RtnlError
 from cni.macvlan.plugin import MacvlanPlugin
+from cni.meta.claims import ClaimSource
 from cni.meta.devices import DeviceSource
 from cni.meta.plugin import MetaPlugin, PodSource
 from cni.spec.errors import INTERNAL, INVALID_CONFIG, IO_FAILURE, KERNEL_REFUSED, NETNS_FAILED, CniError
@@ -80,14 +81,14 @@ class InProcess:
 class Dispatcher:
     def __init__(self, ipam: IpamService, attachments: AttachmentStore, sysfs: Path,
                  run: PluginExec = exec_plugin, pods: PodSource | None = None,
-                 devices: DeviceSource | None = None) -> None:
+                 devices: DeviceSource | None = None, claims: ClaimSource | None = None) -> None:
         plugins: dict[str, Plugin] = {
             "railnet-macvlan": MacvlanPlugin(attachments, IpamCalls(ipam, run), sysfs),
             "railnet-sriov": SriovPlugin(attachments, IpamCalls(ipam, run), sysfs),
             "railnet-ipam": ipam,  # exec'd by another plugin: answers with the IPAM result
         }
         self.tables = {name: command_table(p) for name, p in plugins.items()}
-        meta = MetaPlugin(attachments, pods, InProcess(dict(self.tables), run), devices)
+        meta = MetaPlugin(attachments, pods, InProcess(dict(self.tables), run), devices, claims)
         self.tables = {"railnet": command_table(meta), **self.tables}
         assert tuple(self.tables) == SERVED_PLUGINS
 

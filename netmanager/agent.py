@@ -99,7 +99,8 @@ class Agent:
     def __init__(self, state_dir: Path, pools_dir: Path | None, sysfs: Path, kubeconfig: Path | None = None,
                  node_name: str = "", block_grace: float = 30.0, reconcile_interval: float = 60.0,
                  reconcile_min_age: float = 60.0, meta_cache: bool = True,
-                 pod_resources: Path | None = None) -> None:
+                 pod_resources: Path | None = None, claims: Any = None) -> None:
+        """`claims`: the DRA driver's ClaimSource (cni.meta.claims), for networks on a claim's NIC."""
         db = Database(state_dir / "railnet.db")
         self.attachments = AttachmentStore(db)
         store = IpamStore(db)
@@ -137,7 +138,7 @@ class Agent:
         # Asked only for networks bound to a device resource (k8s.v1.cni.cncf.io/resourceName).
         devices = PodResources(pod_resources) if pod_resources is not None else None
         self.dispatcher = Dispatcher(IpamService(store, PoolRegistry(pools_dir), self.cluster), self.attachments,
-                                     sysfs, pods=pods, devices=devices)
+                                     sysfs, pods=pods, devices=devices, claims=claims)
 
     def close(self) -> None:
         """Stop the cluster store's threads (publishing block status, the IPPool watch, the meta caches)."""
@@ -259,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         dra = _dra_driver(args)  # before serving: a driver that cannot start stops the agent with the reason
         agent = Agent(args.state_dir, args.pools_dir, args.sysfs, args.kubeconfig, args.node_name,
                       args.block_grace, args.reconcile_interval, args.reconcile_min_age, args.meta_cache,
-                      args.pod_resources_socket)
+                      args.pod_resources_socket, claims=dra.attachments() if dra is not None else None)
         server = Server(args.socket, agent.serve_one, workers=max(1, args.workers))
     except (StateDirBusy, SocketInUse) as exc:
         print(f"railnet agent: {exc}; stop it first (one agent per node)", file=sys.stderr)

@@ -2,7 +2,7 @@
 NetworkAttachmentDefinition, kept by list + watch (resume from the last resourceVersion, relist on
 410 Gone; the reflector is scheduler.live.reflector's, shared, not a copy).
 
-Objects are trimmed on arrival (a pod keeps namespace, name, UID and annotations; a NAD its spec),
+Objects are trimmed on arrival (a pod keeps namespace, name, UID, annotations and its resource claims' names; a NAD its spec),
 so the cache costs little on a node with many pods. Reads never wait for the watch: a miss (a pod
 created moments ago that the watch has not delivered, a NAD just created, a cache still syncing),
 or a cached pod whose UID is not the one being set up, falls back to a direct GET through
@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 
 from cni.meta.kube import NAD, KubePods
 from cni.meta.nad import nad_view
-from cni.meta.plugin import Pod, PodSource
+from cni.meta.plugin import Pod, PodSource, pod_claims
 from scheduler.live.kubeapi import KubeApi, endpoint_from_config
 from scheduler.live.reflector import Reflector
 
@@ -40,7 +40,7 @@ def _key(obj: JSON) -> str:
 def trim_pod(obj: JSON) -> Pod:
     meta = obj.get("metadata") or {}
     return Pod(str(meta.get("namespace", "")), str(meta.get("name", "")), str(meta.get("uid", "")),
-               dict(meta.get("annotations") or {}))
+               dict(meta.get("annotations") or {}), pod_claims(obj))
 
 
 def trim_nad(obj: JSON) -> JSON:

@@ -6,6 +6,7 @@ and fall back to these on a miss. Failures that a retry may cure become error 11
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from cni.meta.nad import nad_view
-from cni.meta.plugin import Pod
+from cni.meta.plugin import Pod, pod_claims
 from cni.meta.status import NETWORK_STATUS_ANNOTATION
 from cni.spec.errors import INVALID_CONFIG, TRY_AGAIN_LATER, CniError
 
@@ -51,11 +52,16 @@ class KubePods:
             raise _failure(exc, what) from None
 
     def pod(self, namespace: str, name: str, uid: str = "", fresh: bool = False) -> Pod | None:
-        obj = self._get(self.core.read_namespaced_pod, f"get pod {namespace}/{name}", name, namespace)
+        obj = self._get(self._pod_json, f"get pod {namespace}/{name}", name, namespace)
         if obj is None:
             return None
-        meta = obj.metadata
-        return Pod(namespace, name, str(meta.uid), dict(meta.annotations or {}))
+        meta = obj.get("metadata") or {}
+        return Pod(namespace, name, str(meta.get("uid", "")), dict(meta.get("annotations") or {}), pod_claims(obj))
+
+    def _pod_json(self, name: str, namespace: str, **kw: Any) -> dict[str, Any]:
+        """The pod as plain JSON: client models cost more than the GET, and lag new API fields."""
+        reply = self.core.read_namespaced_pod(name, namespace, _preload_content=False, **kw)
+        return dict(json.loads(reply.data))
 
     def nad(self, namespace: str, name: str) -> dict[str, Any] | None:
         obj = self._get(self.custom.get_namespaced_custom_object,

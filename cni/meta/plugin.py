@@ -15,14 +15,17 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from pydantic import ConfigDict, Field, ValidationError
 
 from cni.attachments import AttachmentStore
-from cni.meta import routes
+from cni.linux.netns import NetNS
+from cni.meta import egress, routes
+from cni.meta.claims import ClaimDevice, ClaimSource, claim_object_name, network_data, with_claim_device
+from cni.meta.claims import device_info as claim_device_info
 from cni.meta.devices import (
     RESOURCE_NAME_ANNOTATION,
     DeviceAssigner,
@@ -74,6 +77,20 @@ class Pod:
     name: str
     uid: str
     annotations: dict[str, str]
+    # spec.resourceClaims[].name -> its ResourceClaim (None: generated from a template, not yet)
+    claims: dict[str, str | None] = field(default_factory=dict)
+
+
+def pod_claims(obj: dict[str, Any]) -> dict[str, str | None]:
+    """A pod object's claim entries -> ResourceClaim names: `resourceClaimName`, or for a template the
+    name kube-controller-manager generated (status.resourceClaimStatuses)."""
+    generated = {s.get("name"): s.get("resourceClaimName")
+                 for s in (obj.get("status") or {}).get("resourceClaimStatuses") or [] if isinstance(s, dict)}
+    out: dict[str, str | None] = {}
+    for entry in (obj.get("spec") or {}).get("resourceClaims") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            out[entry["name"]] = entry.get("resourceClaimName") or generated.get(entry["name"])
+    return out
 
 
 class PodSource(Protocol):
@@ -100,6 +117,7 @@ class Delegate:
     default: bool
     gateways: list[str] | None = None  # the selection's default-route (None: not asked)
     device_info: dict[str, Any] | None = None  # for network-status (a NIC's PCI address, RDMA device)
+    claim: ClaimDevice | None = None  # the DRA claim's NIC the interface is on (cni.meta.claims)
 
 
 def parse_conf(config: dict[str, Any]) -> MetaConf:
@@ -172,11 +190,12 @@ def result_device_info(result: dict[str, Any], ifname: str) -> dict[str, Any] | 
 
 class MetaPlugin:
     def __init__(self, attachments: AttachmentStore, source: PodSource | None, run: PluginExec,
-                 devices: DeviceSource | None = None) -> None:
+                 devices: DeviceSource | None = None, claims: ClaimSource | None = None) -> None:
         self.attachments = attachments
         self.source = source
         self.run = run
         self.devices = devices
+        self.claims = claims
 
     # ---- planning ---------------------------------------------------------------------------
     def _pod(self, req: CniRequest) -> Pod | None:
@@ -203,6 +222,20 @@ class MetaPlugin:
                            f"no NetworkAttachmentDefinition {sel.name} in namespace {sel.namespace}")
         return spec
 
+    def _claim_device(self, pod: Pod, sel: NetworkSelection) -> tuple[Pod, ClaimDevice]:
+        """The NIC of the pod's claim the selection names (the pod re-read once when its cached copy
+        does not know the claim's generated name yet)."""
+        ref = sel.resource_claim
+        assert ref is not None
+        if self.claims is None:
+            raise CniError(INVALID_CONFIG, f"network {sel.key} names resource claim {ref.claim_name!r}, but the "
+                           "railnet agent is not this node's DRA driver",
+                           "run the agent with --dra-driver (docs/dra.md)")
+        if not pod.claims.get(ref.claim_name) and self.source is not None:
+            pod = self.source.pod(pod.namespace, pod.name, pod.uid, fresh=True) or pod
+        name = claim_object_name(pod.claims, f"{pod.namespace}/{pod.name}", ref)
+        return pod, self.claims.device(pod.namespace, name, pod.uid, ref.request_name)
+
     def plan(self, req: CniRequest, conf: MetaConf, pod: Pod | None) -> list[Delegate]:
         annotations = pod.annotations if pod else {}
         primary_name = annotations.get(DEFAULT_NETWORK_ANNOTATION) or conf.cluster_network
@@ -218,8 +251,11 @@ class MetaPlugin:
             assert sel.interface is not None
             spec = self._nad(sel)
             chain = from_nad(sel.namespace or pod.namespace, sel.name, spec, conf.conf_dir)
-            info = None
-            if sel.device_id:
+            info, claim = None, None
+            if sel.resource_claim is not None:  # the device is the claim's; a resourceName is not asked
+                pod, claim = self._claim_device(pod, sel)
+                info = claim_device_info(claim)
+            elif sel.device_id:
                 assigner.check_named(sel.key, sel.device_id)
                 info = device_info(sel.device_id)
             elif isinstance(spec.get(RESOURCE_NAME_ANNOTATION), str):
@@ -228,7 +264,14 @@ class MetaPlugin:
             if sel.cni_args:
                 chain = {**chain, "plugins": [{**p, "args": {"cni": sel.cni_args}} for p in chain["plugins"]]}
             chain = with_capabilities(chain, sel.runtime_config())
-            if chain["plugins"][0].get("rail") == "auto":
+            if claim is not None:
+                if chain["plugins"][0].get("rail") == "auto":
+                    raise CniError(INVALID_CONFIG, f"network {sel.key} is rail: auto and names a resource claim",
+                                   "rail: auto takes the NICs of the railnet.io/allocation annotation; a claim "
+                                   "network takes the claim's NIC: use a NAD without rail: auto")
+                chain = with_claim_device(chain, claim, sel.key)
+                plan.append(Delegate(sel.key, sel.interface, chain, False, sel.default_route, info, claim))
+            elif chain["plugins"][0].get("rail") == "auto":
                 if ALLOCATION_ANNOTATION not in pod.annotations and self.source is not None:
                     # a cached copy may predate the scheduler's write of the allocation: ask once more
                     pod = self.source.pod(pod.namespace, pod.name, pod.uid, fresh=True) or pod
@@ -253,7 +296,8 @@ class MetaPlugin:
         pod = self._pod(req)
         plan = self.plan(req, conf, pod)
         record = {"delegates": [{"network": d.network, "ifname": d.ifname, "conflist": d.conflist,
-                                 "default": d.default, "gateways": d.gateways} for d in plan]}
+                                 "default": d.default, "gateways": d.gateways,
+                                 "claim": asdict(d.claim) if d.claim else None} for d in plan]}
         if not self.attachments.begin(req.container_id, req.ifname, conf.name, req.netns, record):
             raise CniError(INTERFACE_EXISTS, f"attachment {req.container_id}/{req.ifname} already exists",
                            "DEL it before adding it again")
@@ -280,6 +324,7 @@ class MetaPlugin:
             self.attachments.finish(req.container_id, req.ifname, {"results": results})
         if pod is not None and self.source is not None:
             self._write_status(pod, plan, results)
+        self._write_network_data(plan, results)
         primary = results[0]
         assert primary is not None
         return canonical_result(primary)
@@ -303,9 +348,34 @@ class MetaPlugin:
 
     def _add_one(self, req: CniRequest, d: Delegate) -> dict[str, Any]:
         try:
-            return conflist.add(d.conflist, self._env(req, d.ifname), self.run)
+            result = conflist.add(d.conflist, self._env(req, d.ifname), self.run)
+            if d.claim is not None and d.claim.egress_bps:  # the claim's share of the NIC's bandwidth
+                with NetNS(req.netns) as ns:
+                    egress.limit(ns, d.ifname, d.claim.egress_bps)
+            return result
         except CniError as exc:
             raise CniError(exc.code, f"network {d.network} ({d.ifname}): {exc.msg}", exc.details) from None
+
+    def _write_network_data(self, plan: list[Delegate], results: list[dict[str, Any] | None]) -> None:
+        """Each claim network's interface as its claim's status.devices[].networkData. The pod is
+        networked already: a refusal is logged, not undone (the claim status is informational)."""
+        for d, result in zip(plan, results, strict=True):
+            if d.claim is None or result is None or self.claims is None:
+                continue
+            try:
+                self.claims.set_network_data(d.claim, network_data(canonical_result(result), d.ifname))
+            except Exception as exc:
+                log.warning("could not write networkData of %s into ResourceClaim %s: %s", d.ifname, d.claim.claim,
+                            exc)
+
+    def _clear_network_data(self, plan: list[Delegate]) -> None:
+        for d in plan:
+            if d.claim is None or self.claims is None:
+                continue
+            try:
+                self.claims.set_network_data(d.claim, None)
+            except Exception as exc:  # DEL must finish: the claim usually goes with the pod anyway
+                log.warning("could not clear networkData of %s in ResourceClaim %s: %s", d.ifname, d.claim.claim, exc)
 
     def _write_status(self, pod: Pod, plan: list[Delegate], results: list[dict[str, Any] | None]) -> None:
         entries = [status_entry(d.network, d.ifname, canonical_result(r), default=d.default,
@@ -344,7 +414,8 @@ class MetaPlugin:
         record = self.attachments.get(req.container_id, req.ifname)
         if record is None:
             return None
-        plan = [Delegate(d["network"], d["ifname"], d["conflist"], d["default"], d.get("gateways"))
+        plan = [Delegate(d["network"], d["ifname"], d["conflist"], d["default"], d.get("gateways"),
+                         claim=ClaimDevice(**d["claim"]) if d.get("claim") else None)
                 for d in record.config["delegates"]]
         results = (record.result or {}).get("results") or [None] * len(plan)
         return plan, results
@@ -353,6 +424,7 @@ class MetaPlugin:
         recorded = self._recorded(req)
         if recorded is not None:
             self._delete(req, *recorded)
+            self._clear_network_data(recorded[0])
         self.attachments.drop(req.container_id, req.ifname)
 
     def check(self, req: CniRequest) -> None:

@@ -3,7 +3,8 @@
     text:  "rail0, other-ns/rail1@rdma1"        ([<namespace>/]<name>[@<ifname>], comma separated)
     JSON:  [{"name": "rail0", "namespace": "ml", "interface": "net1", "ips": ["10.1.0.5/24"],
              "mac": "02:00:00:00:00:01", "default-route": ["10.1.0.1"], "cni-args": {...},
-             "bandwidth": {...}, "portMappings": [...]}]
+             "bandwidth": {...}, "portMappings": [...], "deviceID": "0000:3b:02.1",
+             "resourceClaim": {"claimName": "devs", "requestName": "nic"}}]   (the last: railnet's)
 
 Interfaces are named net1..netN by position unless the selection names one; a name used twice is
 an error, as is a network outside the pod's namespace when namespace isolation is on. Everything
@@ -17,8 +18,9 @@ import json
 import re
 from typing import Any
 
-from pydantic import ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cni.meta.claims import ClaimRef
 from cni.spec.errors import INVALID_CONFIG, CniError
 from cni.spec.model import MacAddress, WireModel
 from cni.spec.request import validate_ifname
@@ -62,6 +64,8 @@ class NetworkSelection(WireModel):
     port_mappings: list[dict[str, Any]] = Field(default_factory=list, alias="portMappings")
     infiniband_guid: str | None = Field(default=None, alias="infiniband-guid")
     device_id: str | None = Field(default=None, alias="deviceID")
+    # railnet: the interface goes on the NIC this pod's DRA claim was allocated (cni.meta.claims)
+    resource_claim: ClaimRef | None = Field(default=None, alias="resourceClaim")
 
     @field_validator("name")
     @classmethod
@@ -102,6 +106,13 @@ class NetworkSelection(WireModel):
             except ValueError:
                 raise ValueError(f"default-route entry {item!r} is not a gateway address") from None
         return v
+
+    @model_validator(mode="after")
+    def _one_device_source(self) -> NetworkSelection:
+        if self.resource_claim is not None and self.device_id is not None:
+            raise ValueError("deviceID and resourceClaim both name the device: give one (the claim's NIC is "
+                             "the device)")
+        return self
 
     @property
     def key(self) -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from netmanager.dra import DRIVER, slices
+from netmanager.dra.attach import ClaimAttachments
 from netmanager.dra.prepare import ClaimStore, PrepareError, Preparer
 from netmanager.topology.discover import discover
 from netmanager.topology.model import NodeTopology
@@ -71,6 +72,11 @@ class KubeResources:
 
     def claim(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._json(self._resource.read_namespaced_resource_claim, name, namespace)
+
+    def patch_claim_status(self, namespace: str, name: str, body: dict[str, Any]) -> None:
+        """A JSON merge patch of the claim's status subresource (lists in it are replaced whole)."""
+        self._json(self._resource.patch_namespaced_resource_claim_status, name, namespace, body,
+                   _content_type="application/merge-patch+json")
 
     def get_slice(self, name: str) -> dict[str, Any] | None:
         return self._json(self._resource.read_resource_slice, name)
@@ -205,6 +211,10 @@ class DraDriver:
     def topology(self) -> NodeTopology:
         with self._topology_lock:
             return self._topology
+
+    def attachments(self) -> ClaimAttachments:
+        """What the meta plugin asks for a network on a claim's NIC (netmanager.dra.attach)."""
+        return ClaimAttachments(self.node_name, self.preparer.store, self.api, self.topology)
 
     def start(self) -> None:
         import grpc
