@@ -1,4 +1,5 @@
-"""Build the bench-only Go peers railnet is measured against (whereabouts, Multus's thick plugin).
+"""Build the bench-only Go peers railnet is measured against (whereabouts, Multus's thick plugin,
+Kubeflow's training operator).
 
     python -m railnet.dev.peers build     # build what is missing (no-op when built); `make bench` runs it
     python -m railnet.dev.peers path      # print the binary directory
@@ -8,8 +9,12 @@ whereabouts: same approach as railnet.dev.k8sbin, whose helpers this imports: a 
 a throw-away wrapper module, an atomic move into a versioned cache directory, a lock shared by
 concurrent builds and progress once a minute. Multus (multus-daemon + multus-shim) is not served by the
 Go module proxy: the workspace's `shared/peers/build-multus.sh OUT_DIR` builds it from a source snapshot
-at a pinned commit, into its own cache directory (~/.cache/railnet/peers/multus-<commit>/). Peers are
-never built by `make test`.
+at a pinned commit, into its own cache directory (~/.cache/railnet/peers/multus-<commit>/). Kubeflow's
+training operator (v1.8.1, `cmd/training-operator.v1`, the peer of `railnet controller`) is served by
+the proxy and built like whereabouts, but into its own directory
+(~/.cache/railnet/peers/training-operator-<version>/) so that adding it rebuilt nothing else; its
+kubeflow.org TFJob and PyTorchJob CRDs (`manifests/base/crds/`) come from the same module version.
+Peers are never built by `make test`.
 """
 
 from __future__ import annotations
@@ -44,6 +49,20 @@ COMPONENTS: Final = (
     ),
 )
 BINARY: Final = {"whereabouts": "whereabouts"}  # the main package is .../cmd; the binary is named here
+
+# Kubeflow's training operator, the peer of `railnet controller` (tests/bench/bench_jobs_operator.py).
+# Its go.mod has no replace directives, so the plain wrapper module builds it.
+TRAINING_OPERATOR_VERSION: Final = "v1.8.1"
+TRAINING_OPERATOR: Final = Component(
+    "training-operator",
+    "github.com/kubeflow/training-operator",
+    TRAINING_OPERATOR_VERSION,
+    ("github.com/kubeflow/training-operator/cmd/training-operator.v1",),
+    assets=(
+        "manifests/base/crds/kubeflow.org_pytorchjobs.yaml",
+        "manifests/base/crds/kubeflow.org_tfjobs.yaml",
+    ),
+)
 
 # Multus thick plugin: the commit of the source snapshot build-multus.sh builds (its header names it).
 MULTUS_COMMIT: Final = "95a0932350f0060cd232096876e24672a1de83fa"  # tag v4.3.0
@@ -86,6 +105,29 @@ def binary(name: str) -> Path:
 
 def asset(name: str, file: str) -> Path:
     return bin_dir() / f"{name}-assets" / file
+
+
+def training_operator_dir() -> Path:
+    return bin_dir().parent / f"{TRAINING_OPERATOR.name}-{TRAINING_OPERATOR.version}"
+
+
+def training_operator_missing() -> bool:
+    directory, comp = training_operator_dir(), TRAINING_OPERATOR
+    return (_manifest(directory).get(comp.name, {}).get("version") != comp.version
+            or not os.access(directory / comp.name, os.X_OK)
+            or not all((directory / f"{comp.name}-assets" / Path(a).name).is_file() for a in comp.assets))
+
+
+def training_operator_binary() -> Path:
+    if training_operator_missing():
+        raise BuildError(f"the training operator is not built in {training_operator_dir()}: "
+                         "run `python -m railnet.dev.peers build`")
+    return training_operator_dir() / TRAINING_OPERATOR.name
+
+
+def training_operator_crd(kind: str) -> Path:
+    """The operator's own CRD file for `kind` ("pytorchjobs" or "tfjobs"), from its module."""
+    return training_operator_dir() / f"{TRAINING_OPERATOR.name}-assets" / f"kubeflow.org_{kind}.yaml"
 
 
 def multus_dir() -> Path:
@@ -147,8 +189,53 @@ def build_multus(log: Log = k8sbin._say) -> Path:
     return directory
 
 
+def _build_one(comp: Component, directory: Path, binary_name: str, go_version: str, log: Log) -> None:
+    """Build one proxy-served peer into `directory` (binary + assets + manifest entry); lock held by the caller."""
+    start = time.monotonic()
+    root = directory / ".build"
+    root.mkdir(exist_ok=True)
+    log(f"==> {comp.name} {comp.module}@{comp.version}")
+    workdir = root / comp.name
+    workdir.mkdir(exist_ok=True)
+    (workdir / "go.mod").write_text(k8sbin._wrapper_gomod(comp, root))
+    with tempfile.TemporaryDirectory(dir=root, prefix=f"out-{comp.name}-") as tmp:
+        k8sbin._run_build(comp, workdir, Path(tmp), root / f"{comp.name}.log", log)
+        built = Path(tmp) / comp.binaries[0]
+        os.replace(built, directory / binary_name)
+    info = json.loads(k8sbin._go(["mod", "download", "-json", f"{comp.module}@{comp.version}"], cwd=root))
+    target = directory / f"{comp.name}-assets"
+    target.mkdir(exist_ok=True)
+    for rel in comp.assets:
+        src = Path(info["Dir"]) / rel
+        if not src.is_file():
+            raise BuildError(f"{comp.module}@{comp.version} has no {rel}")
+        shutil.copyfile(src, target / src.name)
+    manifest = _manifest(directory)
+    manifest[comp.name] = {"module": comp.module, "version": comp.version, "go": go_version,
+                           "build_seconds": f"{time.monotonic() - start:.0f}"}
+    (directory / k8sbin.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    log(f"    built {comp.name} in {time.monotonic() - start:.0f}s")
+
+
+def build_training_operator(log: Log = k8sbin._say) -> Path:
+    """Kubeflow's training operator (manager binary + kubeflow.org CRDs) into its own cache directory."""
+    directory = training_operator_dir()
+    if not training_operator_missing():
+        return directory
+    directory.mkdir(parents=True, exist_ok=True)
+    with k8sbin._locked(directory, log):
+        if not training_operator_missing():
+            return directory
+        go_version = k8sbin.check_go()
+        (directory / ".build").mkdir(exist_ok=True)
+        k8sbin._check_modules([TRAINING_OPERATOR], directory / ".build")
+        _build_one(TRAINING_OPERATOR, directory, TRAINING_OPERATOR.name, go_version, log)
+    return directory
+
+
 def build(log: Log = k8sbin._say) -> Path:
     build_multus(log)
+    build_training_operator(log)
     directory = bin_dir()
     if not missing(directory):
         log(f"==> bench peers up to date in {directory}")
@@ -161,26 +248,8 @@ def build(log: Log = k8sbin._say) -> Path:
         root = directory / ".build"
         root.mkdir(exist_ok=True)
         k8sbin._check_modules(todo, root)
-        manifest = _manifest(directory)
         for comp in todo:
-            start = time.monotonic()
-            log(f"==> {comp.name} {comp.module}@{comp.version}")
-            workdir = root / comp.name
-            workdir.mkdir(exist_ok=True)
-            (workdir / "go.mod").write_text(k8sbin._wrapper_gomod(comp, root))
-            with tempfile.TemporaryDirectory(dir=root, prefix=f"out-{comp.name}-") as tmp:
-                k8sbin._run_build(comp, workdir, Path(tmp), root / f"{comp.name}.log", log)
-                built = Path(tmp) / comp.binaries[0]
-                os.replace(built, directory / BINARY[comp.name])
-            info = json.loads(k8sbin._go(["mod", "download", "-json", f"{comp.module}@{comp.version}"], cwd=root))
-            target = directory / f"{comp.name}-assets"
-            target.mkdir(exist_ok=True)
-            for rel in comp.assets:
-                shutil.copyfile(Path(info["Dir"]) / rel, target / Path(rel).name)
-            manifest[comp.name] = {"module": comp.module, "version": comp.version, "go": go_version,
-                                   "build_seconds": f"{time.monotonic() - start:.0f}"}
-            (directory / k8sbin.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-            log(f"    built {comp.name} in {time.monotonic() - start:.0f}s")
+            _build_one(comp, directory, BINARY[comp.name], go_version, log)
     return directory
 
 
@@ -198,7 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         multus_absent = multus_missing()
         print(f"{'multus':14} multus-cni@{MULTUS_COMMIT[:12]} (snapshot)  {'missing' if multus_absent else 'built'}"
               f"  {multus_dir()}")
-        return 1 if absent or multus_absent else 0
+        to_absent = training_operator_missing()
+        print(f"{TRAINING_OPERATOR.name:14} {TRAINING_OPERATOR.module}@{TRAINING_OPERATOR.version}  "
+              f"{'missing' if to_absent else 'built'}  {training_operator_dir()}")
+        return 1 if absent or multus_absent or to_absent else 0
     try:
         build()
     except BuildError as exc:
