@@ -22,6 +22,7 @@ VERSIONS = {KUBEDL: "v1alpha1", KUBEFLOW: "v1"}
 NETWORK_MODE = "kubedl.io/network-mode"  # value "host": KubeDL host-network mode
 PORT_RANGE_ANNOTATION = "railnet.io/host-port-range"  # per-job override of --hostnetwork-port-range
 GANG_ANNOTATION = "railnet.io/gang-scheduling"  # "true"/"false": per-job override of --gang-scheduling
+LAST_FAILOVER = "kubedl.io/last-failover-timestamp"  # on the job, RFC 3339: when fail-over last recreated a replica
 CONTROLLER_LABEL = "railnet.io/controller"  # on every object the controller creates
 CONTROLLER_VALUE = "jobs"
 RESTART_POLICIES = ("Always", "OnFailure", "Never", "ExitCode")

@@ -204,7 +204,7 @@ class Reconciler:
         prior = st.get("replicaStatuses") or {}
         restarts = {r: int((prior.get(r) or {}).get("restarts") or 0) for r in job.replicas}
         failure: str | None = None
-        restarting = False
+        restarting: list[str] = []  # replicas recreated by fail-over in this pass
         pending_create = False
         missing: list[tuple[api.Replica, int]] = []
         in_place = 0
@@ -247,7 +247,7 @@ class Reconciler:
                             continue
                         self._delete(job, "Pod", pod)
                         restarts[r.rtype] += 1
-                        restarting = True
+                        restarting.append(name)
                         self.metrics.inc("failovers")
                         self.events.on_object(job.namespace, f"{job.group}/{api.VERSIONS[job.group]}", job.kind,
                                               job.name, job.uid, "FailOver",
@@ -261,6 +261,8 @@ class Reconciler:
                 else:
                     missing.append((r, i))
         # missing replicas: created concurrently (independent writes; ports are picked under a lock)
+        if restarting:
+            self._stamp_failover(job)
         created = list(self.pool.map(lambda ri: self._create_replica(job, ri[0], ri[1], services), missing))
         for (r, _), ok in zip(missing, created, strict=True):
             counts[r.rtype].active += ok
@@ -270,7 +272,7 @@ class Reconciler:
                      worker0.get("phase") == "Succeeded")
 
     def _status(self, job: api.Job, st: JSON, counts: dict[str, ReplicaState], restarts: dict[str, int],
-                failure: str | None, restarting: bool, pending_create: bool, in_place: int,
+                failure: str | None, restarting: list[str], pending_create: bool, in_place: int,
                 worker0_done: bool) -> None:
         st["replicaStatuses"] = {
             r: {"active": c.active, "succeeded": c.succeeded, "failed": c.failed,
@@ -288,7 +290,7 @@ class Reconciler:
             return
         if restarting:
             status.set_condition(st, "Restarting", True, status.reason(job, "Restarting"),
-                                 f"{job.kind} {job.name} is restarting failed replicas.")
+                                 f"{job.kind} {job.name} is restarting: recreating {', '.join(restarting)}.")
             return
         want = sum(r.replicas for r in job.replicas.values())
         up = sum(c.running + c.succeeded for c in counts.values())
@@ -440,6 +442,14 @@ class Reconciler:
         if code != 200:
             raise RuntimeError(f"retarget Service {meta['name']}: HTTP {code}: {answer}")
         self._event(job, "ServiceRetargeted", f"{meta['name']} now targets host port {port}", warning=False)
+
+    def _stamp_failover(self, job: api.Job) -> None:
+        """KubeDL's ``kubedl.io/last-failover-timestamp`` (RFC 3339) on the job, after the failed pods went."""
+        path = api.resource_path(job.group, job.framework.plural, job.namespace, job.name)
+        code, answer = self.kube.request("PATCH", path, {"metadata": {"annotations": {api.LAST_FAILOVER: status.now()}}},
+                                         "application/merge-patch+json")
+        if code not in (200, 404):
+            raise RuntimeError(f"annotate {job.key} with {api.LAST_FAILOVER}: HTTP {code}: {answer}")
 
     def _ensure_podgroup(self, job: api.Job) -> None:
         if job.uid in self.podgroups:

@@ -3,6 +3,8 @@ restart policy, deadlines, TTL, suspend and gangs. Pods are ended by patching th
 
 from __future__ import annotations
 
+import datetime
+import time
 from typing import Any
 
 from jobs import api
@@ -60,9 +62,17 @@ def test_restart_policies(jobs: Jobs) -> None:
     after = jobs.wait_replaced("exitcode-worker-1", old)
     assert after["exitcode-worker-0"]["metadata"]["uid"] == before["exitcode-worker-0"]["metadata"]["uid"]
     jobs.wait_condition("TFJob", "exitcode", "Running")
-    status = jobs.job("TFJob", "exitcode")["status"]
+    job = jobs.job("TFJob", "exitcode")
+    status = job["status"]
     assert status["replicaStatuses"]["Worker"]["restarts"] == 1
-    assert any(c["type"] == "Restarting" for c in status["conditions"])  # True until Running again
+    restarting = next(c for c in status["conditions"] if c["type"] == "Restarting")  # True until Running again
+    assert (restarting["status"], restarting["reason"]) == ("False", "JobRestarting"), restarting
+    assert "recreating exitcode-worker-1" in restarting["message"], restarting
+    # KubeDL's fail-over stamp: RFC 3339, written when the replica was recreated (Kubeflow has none)
+    stamp = job["metadata"]["annotations"][api.LAST_FAILOVER]
+    at = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    assert stamp.endswith("Z") and abs(time.time() - at.timestamp()) < WAIT, stamp
+    assert api.LAST_FAILOVER not in (jobs.job("TFJob", "never")["metadata"].get("annotations") or {})
     jobs.end_pod("exitcode-worker-1", "Failed", 1)
     failed = jobs.wait_condition("TFJob", "exitcode", "Failed")
     assert "exit code 1" in failed["message"]
@@ -77,6 +87,7 @@ def test_restart_policies(jobs: Jobs) -> None:
     again = jobs.wait_replaced("onfailure-worker-0", before["onfailure-worker-0"]["metadata"]["uid"])
     jobs.wait_replaced("always-worker-0", before["always-worker-0"]["metadata"]["uid"])
     assert again["onfailure-worker-0"]["spec"]["restartPolicy"] == "OnFailure"
+    assert api.LAST_FAILOVER in jobs.job("TFJob", "onfailure")["metadata"]["annotations"]
     jobs.restart_counts("always-worker-1", "tensorflow", 3)
     over = jobs.wait_condition("TFJob", "always", "Failed")
     assert over["reason"] == "BackoffLimitExceeded", over
