@@ -10,17 +10,12 @@ container sees exactly the claim's character devices. Own module: its own cluste
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import shutil
-import stat
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +23,9 @@ import pytest
 from kubernetes import client, dynamic
 
 from netmanager.dra import DRIVER, slices
-from netmanager.dra.driver import socket_paths
 from netmanager.topology.discover import discover
+from railnet.dev import fixture_gpu
+from railnet.dev.fixture_gpu_driver import NVIDIA_MAJOR, NVIDIACTL_MINOR, FixtureGpuDriver
 from railnet.dev.fixtures import build_fixture
 from railnet.dev.lab import AgentProcess
 from tests.kube import kubeutil
@@ -93,113 +89,7 @@ class DraOnNode:
         return dict(json.loads(resp.data))
 
 
-GPU_DRIVER = "gpu.fixture.railnet.test"
-NVIDIA_MAJOR, NVIDIACTL_MINOR = 195, 255
-
-
-class FixtureGpuDriver:
-    """A test-only DRA driver standing in for a GPU driver: the fixture server's GPUs as one slice
-    (`gpu-<index>`, the standard pcieRoot / pciBusID / numaNode, and railnet's `rdma.railnet.io/pcieSwitch`
-    so a claim can align GPU and NIC by switch), prepared as CDI specs for fixture `/dev/nvidia<index>`
-    nodes (mknod) plus `/dev/nvidiactl`. Runs in the test process."""
-
-    def __init__(self, on: DraOnNode) -> None:
-        self.on = on
-        self.topology = discover(str(on.sysfs), node_name=on.rn.name)
-        self.dev = on.root / "gpudev"
-        self.dev.mkdir()
-        for name, minor in [(f"nvidia{g.index}", g.index) for g in self.topology.gpus] + [("nvidiactl", NVIDIACTL_MINOR)]:
-            os.mknod(self.dev / name, 0o666 | stat.S_IFCHR, os.makedev(NVIDIA_MAJOR, minor))
-        self.registry, self.endpoint = socket_paths(on.rn.layout.kubelet_root, GPU_DRIVER)
-        self.registered = threading.Event()
-        self.server: Any = None
-
-    def spec_path(self, uid: str) -> Path:
-        return self.on.rn.layout.cdi_dir / f"fixture.railnet.test-gpu_{uid}.json"
-
-    def slice(self) -> dict[str, Any]:
-        devices = [{"name": f"gpu-{g.index}", "attributes": {
-            "resource.kubernetes.io/pcieRoot": {"string": g.root_complex},
-            "resource.kubernetes.io/pciBusID": {"string": g.pci_address},
-            "resource.kubernetes.io/numaNode": {"int": g.numa_node},
-            f"{DRIVER}/pcieSwitch": {"string": g.pcie_switch},
-            "index": {"int": g.index}}} for g in self.topology.gpus]
-        name = self.on.rn.name
-        return {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice", "metadata": {"name": f"{name}-gpu"},
-                "spec": {"driver": GPU_DRIVER, "nodeName": name, "pool": {"name": name, "generation": 1,
-                                                                         "resourceSliceCount": 1}, "devices": devices}}
-
-    def prepare(self, request: Any, context: Any) -> Any:
-        from netmanager.kubelet.gen import dra_v1_pb2 as pb
-
-        reply = pb.NodePrepareResourcesResponse()
-        for claim in request.claims:
-            obj = json.loads(self.on.resource.read_namespaced_resource_claim(claim.name, claim.namespace,
-                                                                             _preload_content=False).data)
-            results = [r for r in obj["status"]["allocation"]["devices"]["results"] if r["driver"] == GPU_DRIVER]
-            edits = []
-            out = reply.claims[claim.uid]
-            for r in results:
-                index = int(r["device"].removeprefix("gpu-"))
-                nodes = [{"path": f"/dev/{n}", "hostPath": str(self.dev / n)} for n in (f"nvidia{index}", "nvidiactl")]
-                edits.append({"name": f"{claim.uid}-{r['device']}", "containerEdits": {"deviceNodes": nodes}})
-                out.devices.add(request_names=[r["request"]], pool_name=r["pool"], device_name=r["device"],
-                                cdi_device_ids=[f"fixture.railnet.test/gpu={claim.uid}-{r['device']}"])
-            self.spec_path(claim.uid).write_text(json.dumps({"cdiVersion": "0.6.0", "kind": "fixture.railnet.test/gpu",
-                                                             "devices": edits}))
-        return reply
-
-    def unprepare(self, request: Any, context: Any) -> Any:
-        from netmanager.kubelet.gen import dra_v1_pb2 as pb
-
-        reply = pb.NodeUnprepareResourcesResponse()
-        for claim in request.claims:
-            self.spec_path(claim.uid).unlink(missing_ok=True)
-            reply.claims[claim.uid].error = ""
-        return reply
-
-    def start(self) -> None:
-        import grpc
-
-        from netmanager.kubelet.gen import dra_v1_pb2_grpc as dra_rpc
-        from netmanager.kubelet.gen import pluginregistration_v1_pb2 as reg_pb
-        from netmanager.kubelet.gen import pluginregistration_v1_pb2_grpc as reg_rpc
-
-        driver = self
-
-        class Dra(dra_rpc.DRAPluginServicer):  # type: ignore[misc]
-            NodePrepareResources = staticmethod(driver.prepare)
-            NodeUnprepareResources = staticmethod(driver.unprepare)
-
-        class Reg(reg_rpc.RegistrationServicer):  # type: ignore[misc]
-            def GetInfo(self, request: Any, context: Any) -> Any:  # noqa: N802
-                return reg_pb.PluginInfo(type="DRAPlugin", name=GPU_DRIVER, endpoint=str(driver.endpoint),
-                                         supported_versions=["v1.DRAPlugin"])
-
-            def NotifyRegistrationStatus(self, request: Any, context: Any) -> Any:  # noqa: N802
-                if request.plugin_registered:
-                    driver.registered.set()
-                return reg_pb.RegistrationStatusResponse()
-
-        for path in (self.endpoint, self.registry):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.unlink(missing_ok=True)
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        dra_rpc.add_DRAPluginServicer_to_server(Dra(), self.server)
-        reg_rpc.add_RegistrationServicer_to_server(Reg(), self.server)
-        self.server.add_insecure_port(f"unix://{self.endpoint}")
-        self.server.add_insecure_port(f"unix://{self.registry}")
-        self.server.start()
-        assert self.registered.wait(60), f"the kubelet did not register {GPU_DRIVER}"
-        self.on.resource.create_resource_slice(self.slice())
-
-    def stop(self) -> None:
-        self.registry.unlink(missing_ok=True)
-        if self.server is not None:
-            self.server.stop(1).wait()
-        self.endpoint.unlink(missing_ok=True)
-        with contextlib.suppress(client.exceptions.ApiException):  # the kubelet may have wiped it already
-            self.on.resource.delete_resource_slice(self.slice()["metadata"]["name"])
+GPU_DRIVER = fixture_gpu.DRIVER
 
 
 @pytest.fixture(scope="module")
@@ -414,12 +304,10 @@ def test_bad_claims_give_clear_events_and_prepare_nothing(dra: DraOnNode, ns: st
 
 @pytest.fixture
 def gpus(dra: DraOnNode) -> Iterator[FixtureGpuDriver]:
-    driver = FixtureGpuDriver(dra)
-    driver.start()
-    try:
+    rn = dra.rn
+    with FixtureGpuDriver(rn.api_client, rn.name, rn.layout.kubelet_root, rn.layout.cdi_dir, dra.root / "gpudev",
+                          discover(str(dra.sysfs), node_name=rn.name)) as driver:
         yield driver
-    finally:
-        driver.stop()
 
 
 def test_gpu_and_nic_claimed_together_on_one_pcie_switch_by_kube_scheduler(dra: DraOnNode,
@@ -450,6 +338,7 @@ def test_gpu_and_nic_claimed_together_on_one_pcie_switch_by_kube_scheduler(dra: 
         seen = char_devices(rn, ns, name, "/dev")
         assert {k: v for k, v in seen.items() if k.startswith("nvidia")} == {
             f"nvidia{gpu}": (NVIDIA_MAJOR, gpu), "nvidiactl": (NVIDIA_MAJOR, NVIDIACTL_MINOR)}
+        assert gpus.spec_path(dra.claim_of(ns, name)["metadata"]["uid"]).exists()
     for name in ("by-switch", "by-root"):
         core.delete_namespaced_pod(name, ns, grace_period_seconds=0)
     for name in ("by-switch", "by-root"):

@@ -1,0 +1,318 @@
+"""A DRA claim's NIC as the pod's rail interface, on the real node (kubelet + containerd + runc).
+
+One agent is both the node's DRA driver (rdma.railnet.io) and the CNI meta plugin (`railnet
+install-cni` into the node's CNI dirs). The node's NICs are the hgx-h100 fixture sysfs, whose eight
+ConnectX-7 netdevs are pointed at eight veth pairs this module creates (no RoCE hardware here), and
+fixture RDMA character devices (mknod). A fixture GPU driver (railnet.dev.fixture_gpu_driver) serves
+the fixture's GPUs. kube-scheduler allocates the claims (`matchAttribute` on the switch attribute);
+the kubelet prepares them through both drivers; the meta plugin puts the pod's `net1` on the
+claim's NIC (a macvlan whose parent is exactly that NIC's veth), writes the claim's networkData, and
+limits egress for a bandwidth share. Own module: its own cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client, dynamic
+
+from cni.linux.netns import NetNS
+from cni.meta import egress
+from netmanager.dra import DRIVER
+from netmanager.dra.slices import device_name
+from netmanager.topology.discover import discover
+from railnet.dev import fixture_gpu
+from railnet.dev.fixture_gpu_driver import NVIDIA_MAJOR, NVIDIACTL_MINOR, FixtureGpuDriver
+from railnet.dev.fixtures import build_fixture
+from railnet.dev.lab import AgentProcess, Lab
+from tests.kube import kubeutil
+from tests.node import helpers as h
+from tests.node.conftest import RealNode
+from tests.node.test_dra import char_devices, events, rail
+from tests.node.test_meta_on_node import NAD_API, sandbox_pid
+from tests.unit.test_dra_prepare import rdma_dev_tree
+
+GPU = fixture_gpu.DRIVER
+SUBNET = "10.76.0.0/24"
+NETWORKS = "k8s.v1.cni.cncf.io/networks"
+
+
+def point_netdev(sysfs: Path, pci_address: str, netdev: str) -> None:
+    """Make the fixture NIC at `pci_address` have the netdev `netdev` (a real veth on the host)."""
+    device = (sysfs / "bus" / "pci" / "devices" / pci_address).resolve()
+    (old,) = list((device / "net").iterdir())
+    old.rename(device / "net" / netdev)
+    (sysfs / "class" / "net" / old.name).unlink()
+    (sysfs / "class" / "net" / netdev).symlink_to(Path("../../") / (device / "net" / netdev).relative_to(sysfs))
+    for ib in (device / "infiniband").iterdir():
+        ndevs = ib / "ports" / "1" / "gid_attrs" / "ndevs" / "0"
+        if ndevs.exists():
+            ndevs.write_text(netdev + "\n")
+
+
+class RailsOnNode:
+    """The agent as DRA driver + meta plugin, the fixture NICs on veths, the fixture GPU driver."""
+
+    def __init__(self, rn: RealNode, lab: Lab) -> None:
+        self.rn = rn
+        self.tmp = Path(tempfile.mkdtemp(prefix="rn-rails-"))
+        self.sysfs, self.dev = self.tmp / "sys", self.tmp / "dev"
+        build_fixture("hgx-h100", self.sysfs)
+        self.veths: dict[str, str] = {}  # PCI address -> host veth standing for the NIC
+        for nic in discover(str(self.sysfs), node_name=rn.name).nics:
+            veth = lab.nic(f"r{len(self.veths)}")
+            point_netdev(self.sysfs, nic.pci_address, veth)
+            self.veths[nic.pci_address] = veth
+        self.topology = discover(str(self.sysfs), node_name=rn.name)
+        assert [n.name for n in self.topology.nics] == list(self.veths.values())
+        rdma_dev_tree(self.sysfs, self.dev)
+        # The shim follows an agentSocket only below /run/railnet/: the agent's root lives there.
+        self.root = Path("/run/railnet") / f"dra-rails-{uuid.uuid4().hex[:8]}"
+        self.agent = AgentProcess(self.root, sysfs=self.sysfs)
+        self.agent.args = ["--kubeconfig", str(rn.cluster.kubeconfig), "--node-name", rn.name, "--dra-driver",
+                           "--kubelet-dir", str(rn.layout.kubelet_root), "--cdi-dir", str(rn.layout.cdi_dir),
+                           "--dev-root", str(self.dev), "--dra-resync", "5", "--reconcile-interval", "0"]
+        lab.agents.append(self.agent)
+        self.resource = client.ResourceV1Api(rn.api_client)
+        self.gpus = FixtureGpuDriver(rn.api_client, rn.name, rn.layout.kubelet_root, rn.layout.cdi_dir,
+                                     self.tmp / "gpudev", self.topology)
+
+    def start(self) -> None:
+        self.agent.start(timeout=60)
+        kubeutil.wait_for(lambda: "registered with the kubelet" in self.log(), 90, "the kubelet registering the "
+                          f"agent; log:\n{self.log()[-2000:]}", interval=0.5)
+        self.install("--agent-socket", str(self.agent.socket))
+        self.gpus.start()
+
+    def stop(self) -> None:
+        self.gpus.stop()
+        self.install("--uninstall")
+        self.agent.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def install(self, *extra: str) -> None:
+        lay = self.rn.layout
+        proc = subprocess.run([sys.executable, "-m", "railnet.cli", "install-cni", "--dest", str(lay.cni_bin),
+                               "--conf-dir", str(lay.cni_conf), *extra], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+
+    def log(self) -> str:
+        return self.agent.log_path.read_text() if self.agent.log_path.exists() else ""
+
+    def db(self, query: str) -> int:
+        import sqlite3
+
+        with sqlite3.connect(self.agent.db_path) as db:
+            return int(db.execute(query).fetchone()[0])
+
+    def allocations(self) -> int:
+        return self.db("SELECT COUNT(*) FROM ipam_allocation")
+
+    def records(self) -> int:
+        return self.db("SELECT COUNT(*) FROM attachment")
+
+    def prepared(self) -> list[str]:
+        d = self.agent.state_dir / "dra" / "claims"
+        return sorted(p.name for p in d.glob("*.json")) if d.exists() else []
+
+    def claim_of(self, ns: str, pod: str) -> dict[str, Any]:
+        status = self.rn.core.read_namespaced_pod(pod, ns).status
+        name = next(s.resource_claim_name for s in status.resource_claim_statuses or [])
+        return dict(json.loads(self.resource.read_namespaced_resource_claim(name, ns, _preload_content=False).data))
+
+
+@pytest.fixture(scope="module")
+def rails(real_node: RealNode) -> Iterator[RailsOnNode]:
+    dyn = dynamic.DynamicClient(real_node.api_client)
+    kubeutil.apply(dyn, kubeutil.load(sorted((kubeutil.DEPLOY / "crds").glob("*.yaml"))))
+    resource = client.ResourceV1Api(real_node.api_client)
+    classes = {DRIVER: DRIVER, GPU: GPU}
+    for name, driver in classes.items():
+        resource.create_device_class(fixture_gpu.device_class(name, driver))
+    with Lab("rdr") as lab:
+        on = RailsOnNode(real_node, lab)
+        try:
+            on.start()
+            yield on
+        finally:
+            on.stop()
+            for name in classes:
+                resource.delete_device_class(name)
+
+
+def rail_nad(rn: RealNode, ns: str, name: str = "rail", plugin: str = "railnet-macvlan") -> None:
+    """A NAD without a parent NIC: the claim names it."""
+    config = {"cniVersion": "1.0.0", "type": plugin, "ipam": {"type": "railnet-ipam", "ranges": [[{"subnet": SUBNET}]]}}
+    client.CustomObjectsApi(rn.api_client).create_namespaced_custom_object(*NAD_API[:2], ns, NAD_API[2], {
+        "apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition", "metadata": {"name": name},
+        "spec": {"config": json.dumps(config)}})
+
+
+def claim_template(on: RailsOnNode, ns: str, name: str, requests: list[dict[str, Any]],
+                   constraints: list[dict[str, Any]] | None = None) -> None:
+    devices: dict[str, Any] = {"requests": requests}
+    if constraints:
+        devices["constraints"] = constraints
+    on.resource.create_namespaced_resource_claim_template(ns, {
+        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaimTemplate", "metadata": {"name": name},
+        "spec": {"spec": {"devices": devices}}})
+
+
+def nic_request(selector: str | None = None, bandwidth: str | None = None) -> dict[str, Any]:
+    exactly: dict[str, Any] = {"deviceClassName": DRIVER}
+    if selector:
+        exactly["selectors"] = [{"cel": {"expression": selector}}]
+    if bandwidth:
+        exactly["capacity"] = {"requests": {f"{DRIVER}/bandwidth": bandwidth}}
+    return {"name": "nic", "exactly": exactly}
+
+
+def gpu_request(index: int) -> dict[str, Any]:
+    return {"name": "gpu", "exactly": {"deviceClassName": GPU, "selectors": [
+        {"cel": {"expression": f'device.attributes["{GPU}"].index == {index}'}}]}}
+
+
+def rail_pod(name: str, template: str, networks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    manifest = h.sleeper(name)
+    manifest["metadata"]["annotations"] = {NETWORKS: json.dumps(networks if networks is not None else [
+        {"name": "rail", "interface": "net1", "resourceClaim": {"claimName": "devs", "requestName": "nic"}}])}
+    manifest["spec"]["resourceClaims"] = [{"name": "devs", "resourceClaimTemplateName": template}]
+    manifest["spec"]["containers"][0]["resources"] = {"claims": [{"name": "devs"}]}
+    return manifest
+
+
+def pod_link(rn: RealNode, ns: str, pod: str, ifname: str = "net1") -> dict[str, Any]:
+    """`ip -d -j link show <ifname>` inside the pod's network namespace (from the host)."""
+    out = subprocess.run(["nsenter", f"--net=/proc/{sandbox_pid(rn, ns, pod)}/ns/net", "ip", "-d", "-j", "link",
+                          "show", ifname], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return dict(json.loads(out.stdout)[0])
+
+
+def host_ifindex(netdev: str) -> int:
+    return int(Path(f"/sys/class/net/{netdev}/ifindex").read_text())
+
+
+def pod_rate(rn: RealNode, ns: str, pod: str, ifname: str = "net1") -> int | None:
+    with NetNS(f"/proc/{sandbox_pid(rn, ns, pod)}/ns/net") as netns:
+        return egress.current(netns, ifname)
+
+
+def network_data(claim: dict[str, Any]) -> list[dict[str, Any]]:
+    return [d for d in (claim.get("status") or {}).get("devices") or [] if d.get("driver") == DRIVER]
+
+
+def delete_pods(on: RailsOnNode, ns: str, pods: tuple[str, ...]) -> None:
+    core = on.rn.core
+    for pod in pods:
+        core.delete_namespaced_pod(pod, ns, grace_period_seconds=0)
+    for pod in pods:
+        h.gone(core, ns, pod)
+    kubeutil.wait_for(lambda: on.allocations() == 0 and on.records() == 0 and on.prepared() == [], 90,
+                      "rail addresses, attachment records and prepared claims gone")
+    kubeutil.wait_for(lambda: not h.netns_mounts(on.rn.layout), 60, "pod netns removed")
+
+
+def test_gpu_and_nic_claim_puts_the_rail_on_exactly_the_allocated_nic(rails: RailsOnNode, ns: str) -> None:
+    rn, core = rails.rn, rails.rn.core
+    rail_nad(rn, ns)
+    gpu = 5
+    claim_template(rails, ns, "gpu-nic", [gpu_request(gpu), nic_request()],
+                   [{"requests": ["gpu", "nic"], "matchAttribute": f"{DRIVER}/pcieSwitch"}])
+    core.create_namespaced_pod(ns, rail_pod("trainer", "gpu-nic"))
+    pod = h.running(core, ns, "trainer", timeout=240)
+
+    claim = rails.claim_of(ns, "trainer")
+    results = {r["request"]: r for r in claim["status"]["allocation"]["devices"]["results"]}
+    assert (results["gpu"]["driver"], results["gpu"]["device"]) == (GPU, f"gpu-{gpu}")
+    nic = next(n for n in rails.topology.nics if device_name(n.pci_address) == results["nic"]["device"])
+    assert nic.pcie_switch == rails.topology.gpus[gpu].pcie_switch  # the NIC under the GPU's switch
+
+    # the container sees exactly the claim's character devices, from both drivers
+    assert char_devices(rn, ns, "trainer") == {f"uverbs{gpu}": (231, 192 + gpu), "rdma_cm": (10, 58)}
+    seen = char_devices(rn, ns, "trainer", "/dev")
+    assert {k: v for k, v in seen.items() if k.startswith("nvidia")} == {
+        f"nvidia{gpu}": (NVIDIA_MAJOR, gpu), "nvidiactl": (NVIDIA_MAJOR, NVIDIACTL_MINOR)}
+
+    # net1 is a macvlan whose parent is exactly the allocated NIC's netdev (its veth on the host)
+    link = pod_link(rn, ns, "trainer")
+    assert link["linkinfo"]["info_kind"] == "macvlan"
+    assert link["link_index"] == host_ifindex(rails.veths[nic.pci_address]), (link, rails.veths)
+    assert pod_rate(rn, ns, "trainer") is None  # the whole NIC: no limit
+
+    status = json.loads(pod.metadata.annotations["k8s.v1.cni.cncf.io/network-status"])
+    net1 = next(s for s in status if s["interface"] == "net1")
+    assert net1["name"] == f"{ns}/rail" and h.in_pod_cidr(net1["ips"][0], SUBNET)
+    assert net1["device-info"]["pci"] == {"pci-address": nic.pci_address, "rdma-device": nic.rdma_device}
+
+    # the claim's status says which interface its NIC became in the pod
+    (entry,) = network_data(rails.claim_of(ns, "trainer"))
+    assert (entry["pool"], entry["device"]) == (rn.name, results["nic"]["device"])
+    assert entry["networkData"] == {"interfaceName": "net1", "ips": [f"{net1['ips'][0]}/24"],
+                                    "hardwareAddress": net1["mac"]}
+
+    delete_pods(rails, ns, ("trainer",))
+    assert not list(rn.layout.cdi_dir.glob("*.json")), "both drivers unprepared"
+
+
+def test_two_pods_sharing_a_nic_by_bandwidth_each_get_their_rate(rails: RailsOnNode, ns: str) -> None:
+    rn, core = rails.rn, rails.rn.core
+    rail_nad(rn, ns)
+    claim_template(rails, ns, "quarter", [nic_request(rail(4), bandwidth="100G")])
+    claim_template(rails, ns, "half", [nic_request(rail(4), bandwidth="200G")])
+    core.create_namespaced_pod(ns, rail_pod("small", "quarter"))
+    core.create_namespaced_pod(ns, rail_pod("large", "half"))
+    for pod in ("small", "large"):
+        h.running(core, ns, pod, timeout=240)
+    veth = rails.veths["0000:9b:00.0"]  # rail 4
+    shares = set()
+    for pod, rate in (("small", 100 * 10**9), ("large", 200 * 10**9)):
+        assert pod_link(rn, ns, pod)["link_index"] == host_ifindex(veth)
+        assert pod_rate(rn, ns, pod) == rate, pod
+        (entry,) = network_data(rails.claim_of(ns, pod))
+        assert entry["networkData"]["interfaceName"] == "net1" and entry["shareID"]
+        shares.add(entry["shareID"])
+    assert len(shares) == 2
+    delete_pods(rails, ns, ("small", "large"))
+
+
+def test_bad_claim_networks_fail_the_sandbox_and_leave_nothing(rails: RailsOnNode, ns: str) -> None:
+    rn, core = rails.rn, rails.rn.core
+    rail_nad(rn, ns)
+    rail_nad(rn, ns, "vf-rail", plugin="railnet-sriov")
+    for n in (3, 6, 7):  # each pod its own whole NIC: all four reach their sandbox at once
+        claim_template(rails, ns, f"nic{n}", [nic_request(rail(n))])
+    claim_template(rails, ns, "gpu-only", [gpu_request(6)])
+    bad = {
+        "no-such-claim": (rail_pod("no-such-claim", "nic3", [{"name": "rail", "resourceClaim": {
+                              "claimName": "nics"}}]), "has no resource claim 'nics'"),
+        "gpu-claim": (rail_pod("gpu-claim", "gpu-only", [{"name": "rail", "resourceClaim": {"claimName": "devs"}}]),
+                      f"holds no {DRIVER} device (its devices are of {GPU})"),
+        "no-request": (rail_pod("no-request", "nic6", [{"name": "rail", "resourceClaim": {
+                           "claimName": "devs", "requestName": "gpu"}}]), "has no request 'gpu'"),
+        "pf-as-vf": (rail_pod("pf-as-vf", "nic7", [{"name": "vf-rail", "resourceClaim": {"claimName": "devs"}}]),
+                     "attaches VFs only"),
+    }
+    for manifest, _ in bad.values():
+        core.create_namespaced_pod(ns, manifest)
+    for pod, (_, text) in bad.items():
+        def failed(pod: str = pod) -> str | None:
+            return next((m for r, m in events(rn, ns, pod) if r == "FailedCreatePodSandBox"), None)
+
+        message = kubeutil.wait_for(failed, 180, f"FailedCreatePodSandBox of {pod}", interval=1)
+        assert text in message, (pod, message)
+    for pod in bad:
+        assert core.read_namespaced_pod(pod, ns).status.phase == "Pending"  # type: ignore[union-attr]
+    # refused before any delegate ran: no address, no attachment record
+    assert rails.allocations() == 0 and rails.records() == 0
+    delete_pods(rails, ns, tuple(bad))
