@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs import ports
+from jobs import ports, rails
 
 JSON = dict[str, Any]
 
@@ -102,6 +102,7 @@ class Job:
     min_available: int
     nproc_per_node: str = "auto"
     annotations: dict[str, str] = field(default_factory=dict)
+    rail_networks: tuple[str, ...] | None = None  # annotation railnet.io/rail-networks; None: the controller's
 
     @property
     def kind(self) -> str:
@@ -220,6 +221,11 @@ def parse(obj: JSON, default_port_range: ports.PortRange, gang_default: bool) ->
     gang_text = annotations.get(GANG_ANNOTATION)
     if gang_text not in (None, "true", "false"):
         raise JobSpecError(f"annotation {GANG_ANNOTATION} must be \"true\" or \"false\", got {gang_text!r}")
+    rail_text = annotations.get(rails.RAIL_NETWORKS)
+    try:
+        rail_networks = rails.parse_networks(rail_text) if rail_text is not None else None
+    except ValueError as exc:
+        raise JobSpecError(f"annotation {rails.RAIL_NETWORKS}: {exc}") from None
     job = Job(
         group=group, framework=fw, namespace=meta["namespace"], name=meta["name"], uid=meta.get("uid", ""),
         replicas=replicas, clean_pod_policy=clean,
@@ -230,6 +236,7 @@ def parse(obj: JSON, default_port_range: ports.PortRange, gang_default: bool) ->
         success_policy=success, host_network=host, port_range=port_range,
         gang=gang_default if gang_text is None else gang_text == "true", min_available=min_available,
         nproc_per_node=str(spec.get("nprocPerNode") or "auto"), annotations=annotations,
+        rail_networks=rail_networks,
     )
     _check_pinned_ports(job)
     return job

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from jobs import api, ports
+from jobs import api, ports, rails
 from jobs.expectations import Expectations
 from jobs.metrics import Metrics
 from jobs.reconciler import Options, Reconciler
@@ -143,6 +143,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="make a PodGroup per job and set schedulerName on its pods (per job: annotation "
                    f"{api.GANG_ANNOTATION})")
     p.add_argument("--gang-scheduler-name", default="railnet")
+    p.add_argument("--rail-networks", default="",
+                   help="NetworkAttachmentDefinitions (rail: auto) for replica pods that request a rail resource, "
+                   f"as Multus's text form, e.g. 'rail' (per job: annotation {rails.RAIL_NETWORKS}; default: none)")
+    p.add_argument("--rail-resource", action="append", default=None,
+                   help="the rail NIC resource (repeatable; default rdma/roce, as railnet scheduler's --rdma-resource)")
     p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics here (0: off)")
     p.add_argument("--metrics-addr", default="0.0.0.0")
     p.add_argument("--log-level", default="info")
@@ -160,6 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"railnet controller: --hostnetwork-port-range: {exc}", file=sys.stderr)
         return 2
+    try:
+        rail_networks = rails.parse_networks(args.rail_networks)
+    except ValueError as exc:
+        print(f"railnet controller: --rail-networks: {exc}", file=sys.stderr)
+        return 2
     kube = KubeApi(endpoint_from_config(args.kubeconfig), user_agent="railnet-controller")
     metrics = Metrics()
     if args.metrics_port:
@@ -167,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     elector = LeaderElector(kube, args.lease_namespace, args.lease_name, args.identity, args.lease_duration,
                             args.renew_deadline, args.retry_period)
     options = Options(port_range=span, gang_default=args.gang_scheduling, gang_scheduler=args.gang_scheduler_name,
-                      create_delay=args.debug_create_delay, create_parallelism=max(1, args.create_parallelism))
+                      create_delay=args.debug_create_delay, create_parallelism=max(1, args.create_parallelism),
+                      rail_networks=rail_networks,
+                      rail_resources=tuple(args.rail_resource or rails.RAIL_RESOURCES))
     ctl = Controller(kube, options, metrics, elector.is_leader if args.leader_elect else (lambda: True),
                      args.workers, args.debug_watch_delay, args.debug_expectations_ttl)
     ctl.start_caches()

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs import api, builder, ports, status
+from jobs import api, builder, ports, rails, status
 from jobs.expectations import Expectations
 from jobs.metrics import Metrics
 from jobs.store import Store
@@ -46,6 +46,8 @@ class Options:
     gang_scheduler: str = "railnet"
     create_delay: float = 0.0  # tests: slow every create down (SIGKILL mid-reconcile)
     create_parallelism: int = 16
+    rail_networks: tuple[str, ...] = ()  # --rail-networks: for pods that request a rail resource
+    rail_resources: tuple[str, ...] = rails.RAIL_RESOURCES  # --rail-resource
 
 
 @dataclass
@@ -409,6 +411,10 @@ class Reconciler:
                 self.requeue_after(job.key, 5.0)
                 return None, None
         body = builder.pod(job, r.rtype, index, port, self.options.gang_scheduler if job.gang else None)
+        networks = job.rail_networks if job.rail_networks is not None else self.options.rail_networks
+        skipped = rails.annotate(body, networks, self.options.rail_resources, self.options.gang_scheduler)
+        if skipped:
+            self._event(job, "RailNetworksSkipped", skipped, warning=True)
         try:
             self._create(job, "Pod", body)
         except Exception:
