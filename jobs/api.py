@@ -103,6 +103,8 @@ class Job:
     nproc_per_node: str = "auto"
     annotations: dict[str, str] = field(default_factory=dict)
     rail_networks: tuple[str, ...] | None = None  # annotation railnet.io/rail-networks; None: the controller's
+    scheduling_policy: dict[str, Any] = field(default_factory=dict)  # schedulingPolicy (priorityClass, minAvailable)
+    created: str = ""  # metadata.creationTimestamp (queue order)
 
     @property
     def kind(self) -> str:
@@ -236,7 +238,7 @@ def parse(obj: JSON, default_port_range: ports.PortRange, gang_default: bool) ->
         success_policy=success, host_network=host, port_range=port_range,
         gang=gang_default if gang_text is None else gang_text == "true", min_available=min_available,
         nproc_per_node=str(spec.get("nprocPerNode") or "auto"), annotations=annotations,
-        rail_networks=rail_networks,
+        rail_networks=rail_networks, scheduling_policy=dict(sched), created=meta.get("creationTimestamp") or "",
     )
     _check_pinned_ports(job)
     return job

@@ -23,13 +23,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from jobs import api, ports, rails
+from jobs import admission, api, ports, rails
 from jobs.expectations import Expectations
 from jobs.metrics import Metrics
 from jobs.reconciler import Options, Reconciler
 from jobs.store import Store
 from jobs.workqueue import WorkQueue
-from scheduler.live import logs
+from scheduler.live import logs, quotas
 from scheduler.live.binder import Events
 from scheduler.live.kubeapi import KubeApi, endpoint_from_config
 from scheduler.live.leader import LeaderElector
@@ -42,18 +42,25 @@ JOB_RESOURCES = [(group, fw) for group in (api.KUBEDL, api.KUBEFLOW) for fw in a
 
 class Controller:
     def __init__(self, kube: KubeApi, options: Options, metrics: Metrics, is_leader: Callable[[], bool],
-                 workers: int = 8, watch_delay: float = 0.0, expectations_ttl: float = 300.0) -> None:
+                 workers: int = 8, watch_delay: float = 0.0, expectations_ttl: float = 300.0,
+                 queue_admission: bool = False) -> None:
         self.kube, self.metrics, self.is_leader, self.workers = kube, metrics, is_leader, workers
         self.queue = WorkQueue()
         self.expectations = Expectations(expectations_ttl)
         self.store = Store(self.queue.add, self.expectations)
         self.events = Events(kube, concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="events"),
                              socket.gethostname(), component="railnet-controller")
+        self.admission = admission.Admission(self._jobs, self.queue.add, rdma=options.rail_resources) \
+            if queue_admission else None
         self.reconciler = Reconciler(kube, self.store, self.expectations, self.events, metrics, options,
-                                     self.queue.add_after)
+                                     self.queue.add_after, self.admission)
         self.stop = threading.Event()
         self.reflectors: list[Reflector] = []
         self.watch_delay = watch_delay
+
+    def _jobs(self) -> list[Any]:
+        with self.store.lock:
+            return list(self.store.jobs.values())
 
     def _delayed(self, handler: Callable[[str, Any], None]) -> Callable[[str, Any], None]:
         """Tests: deliver watch events late (what a slow or lagging watch looks like)."""
@@ -74,10 +81,19 @@ class Controller:
             specs.append((kind_group, api.resource_path(group, fw.plural),
                           functools.partial(s.replace_jobs, kind_group), s.on_job))
         specs.append(("pods", "/api/v1/pods", s.replace_pods, self._delayed(s.on_pod)))
-        specs.append(("nodes", "/api/v1/nodes", s.replace_nodes, s.on_node))
         specs.append(("services", SERVICES, s.replace_services, self._delayed(s.on_service)))
+        queue = self.admission
+        if queue is None:
+            specs.append(("nodes", "/api/v1/nodes", s.replace_nodes, s.on_node))
+        else:
+            specs.append(("nodes", "/api/v1/nodes", _both(s.replace_nodes, queue.replace_nodes),
+                          _both(s.on_node, queue.on_node)))
+            specs.append(("elasticquotas", quotas.ELASTIC_QUOTAS, queue.replace_quotas, queue.on_quota))
+            specs.append(("priorityclasses", admission.PRIORITY_CLASSES, queue.replace_priorities, queue.on_priority))
         for name, path, replace, on_event in specs:
-            reflector = Reflector(self.kube, path, replace, on_event, self.stop, name=name)
+            # without the right to list PriorityClasses every job has priority 0 (order is then FIFO)
+            reflector = Reflector(self.kube, path, replace, on_event, self.stop, name=name,
+                                  optional=name == "priorityclasses")
             reflector.start()
             self.reflectors.append(reflector)
 
@@ -122,6 +138,14 @@ class Controller:
             t.join(5)
 
 
+def _both(first: Callable[..., None], second: Callable[..., None]) -> Callable[..., None]:
+    def call(*args: Any) -> None:
+        first(*args)
+        second(*args)
+
+    return call
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="railnet controller", description="reconcile TFJobs and PyTorchJobs "
                                 "(training.kubedl.io and kubeflow.org) into pods, Services and PodGroups")
@@ -148,6 +172,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    f"as Multus's text form, e.g. 'rail' (per job: annotation {rails.RAIL_NETWORKS}; default: none)")
     p.add_argument("--rail-resource", action="append", default=None,
                    help="the rail NIC resource (repeatable; default rdma/roce, as railnet scheduler's --rdma-resource)")
+    p.add_argument("--admission", choices=("none", "quota"), default="none",
+                   help="quota: hold jobs that an ElasticQuota governs suspended until it admits them "
+                   "(priority, then FIFO, per quota); see docs/jobs.md")
     p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics here (0: off)")
     p.add_argument("--metrics-addr", default="0.0.0.0")
     p.add_argument("--log-level", default="info")
@@ -181,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                       rail_networks=rail_networks,
                       rail_resources=tuple(args.rail_resource or rails.RAIL_RESOURCES))
     ctl = Controller(kube, options, metrics, elector.is_leader if args.leader_elect else (lambda: True),
-                     args.workers, args.debug_watch_delay, args.debug_expectations_ttl)
+                     args.workers, args.debug_watch_delay, args.debug_expectations_ttl,
+                     queue_admission=args.admission == "quota")
     ctl.start_caches()
     if not ctl.wait_synced():
         log.error("caches did not sync")

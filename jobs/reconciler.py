@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs import api, builder, ports, rails, status
+from jobs import admission, api, builder, ports, rails, status
 from jobs.expectations import Expectations
 from jobs.metrics import Metrics
 from jobs.store import Store
@@ -119,9 +119,11 @@ def pod_host_port(pod: JSON, fw: api.Framework) -> int | None:
 
 class Reconciler:
     def __init__(self, kube: KubeApi, store: Store, expectations: Expectations, events: Events, metrics: Metrics,
-                 options: Options, requeue_after: Callable[[str, float], None]) -> None:
+                 options: Options, requeue_after: Callable[[str, float], None],
+                 queue: admission.Admission | None = None) -> None:
         self.kube, self.store, self.expectations, self.events = kube, store, expectations, events
         self.metrics, self.options, self.requeue_after = metrics, options, requeue_after
+        self.admission = queue  # --admission quota
         self.ports = PortLedger()
         self.podgroups: set[str] = set()  # job uids whose PodGroup exists
         self.cleaned: set[str] = set()  # finished job uids whose PodGroup was deleted
@@ -135,6 +137,8 @@ class Reconciler:
             self.expectations.delete(key)
             _, kind, namespace, name = api.split_key(key)
             self.events.forget(f"{kind}/{namespace}/{name}/")  # the dedupe memory of a deleted job
+            if self.admission is not None:
+                self.admission.kick_all()  # what it held in its quota is free
             return
         if obj["metadata"].get("deletionTimestamp"):
             return
@@ -172,6 +176,8 @@ class Reconciler:
         if done:
             self._finish(job, st, pods, services)
             return
+        if self.admission is not None and self._held(job, obj, st):
+            return
         if job.suspend:
             self._delete_all(job, pods, services, only_live=False)
             status.set_condition(st, "Suspended", True, status.reason(job, "Suspended"), "the job is suspended")
@@ -199,6 +205,59 @@ class Reconciler:
         self._replicas(job, st, pods, services)
         if status.terminal(st):
             self._finish(job, st, pods, self.store.snapshot(job.key)[2])
+
+    # -- queue admission (admission.py) ----------------------------------------------------------------
+    def _held(self, job: api.Job, obj: JSON, st: JSON) -> bool:
+        """Is the job held in its quota's queue (nothing of it runs in this pass)?"""
+        queue = self.admission
+        assert queue is not None
+        state = admission.state_of(obj)
+        entry = queue.entry_of(job)
+        governed = entry is not None and entry.quota is not None
+        if state is None:
+            if not governed or job.suspend:
+                return False  # not queued, or suspended by its user: stays as the user has it
+            if st.get("startTime"):  # it ran before admission was on: it keeps running
+                self._patch_job(job, obj, {"metadata": {"annotations": {admission.STATE: admission.ADMITTED}}})
+                return False
+            assert entry is not None
+            self._patch_job(job, obj, {**admission.suspend_patch(job.group, True),
+                                       "metadata": {"annotations": {admission.STATE: admission.QUEUED}}})
+            message = f"queued in quota {entry.quota}"
+            status.set_condition(st, "Queuing", True, "JobEnqueued", message)
+            self._event(job, "Enqueued", message, warning=False)
+            return True
+        if state == admission.QUEUED:
+            outcome = queue.decide(job.key) if governed else admission.Outcome(True, "no quota governs it now")
+            if outcome.admit:
+                try:
+                    self._patch_job(job, obj, {**admission.suspend_patch(job.group, False),
+                                               "metadata": {"annotations": {admission.STATE: admission.ADMITTED}}})
+                except Exception:
+                    queue.forget(job.key)
+                    raise
+                status.set_condition(st, "Queuing", False, "JobAdmitted", outcome.message)
+                self._event(job, "Admitted", outcome.message, warning=False)
+                return True  # the next pass (our patch on the watch) runs it
+            if not job.suspend:  # unsuspended while queued: the queue owns suspend until it admits
+                self._patch_job(job, obj, admission.suspend_patch(job.group, True))
+            status.set_condition(st, "Queuing", True, "JobEnqueued", outcome.message)
+            if outcome.never:
+                self._event(job, "Inadmissible", outcome.message, warning=True)
+            self.requeue_after(job.key, admission.RECHECK_S)
+            return True
+        if state == admission.ADMITTED and job.suspend:  # its user suspended it: it leaves the queue
+            self._patch_job(job, obj, {"metadata": {"annotations": {admission.STATE: None}}})
+            queue.kick_all()
+        return False
+
+    def _patch_job(self, job: api.Job, obj: JSON, patch: JSON) -> None:
+        """A merge patch of the job, guarded by the resourceVersion this pass read (409: the next pass redoes it)."""
+        path = api.resource_path(job.group, job.framework.plural, job.namespace, job.name)
+        body = {**patch, "metadata": {**patch.get("metadata", {}), "resourceVersion": obj["metadata"]["resourceVersion"]}}
+        code, answer = self.kube.request("PATCH", path, body, "application/merge-patch+json")
+        if code != 200:
+            raise RuntimeError(f"patch {job.key}: HTTP {code}: {answer}")
 
     def _replicas(self, job: api.Job, st: JSON, pods: dict[str, JSON], services: dict[str, JSON]) -> None:
         fw = job.framework
@@ -477,6 +536,8 @@ class Reconciler:
             return
         if code != 200:
             raise RuntimeError(f"status of {job.key}: HTTP {code}: {answer}")
+        if self.admission is not None and status.terminal(st) and not status.terminal(old):
+            self.admission.kick_all()  # a finished job holds no quota
 
     def _event(self, job: api.Job, why: str, message: str, warning: bool) -> None:
         self.events.on_object(job.namespace, f"{job.group}/{api.VERSIONS[job.group]}", job.kind, job.name, job.uid,

@@ -280,24 +280,36 @@ def build_tree(objs: Mapping[str, QuotaObject], capacity: Mapping[str, int],
         return tree, broken
 
 
-def build(cache: SchedulerCache, pending: Iterable[tuple[str, list[PodState]]]) -> QuotaBook:
-    """The cycle's book from the cache (quotas, pods, the ledger) and the pending units (key, pods)."""
-    gpu, rdma = cache.gpu, cache.rdma
-    pending = list(pending)
+def parse_all(raw: Iterable[Mapping[str, Any]], gpu: str, rdma: tuple[str, ...]) -> dict[str, QuotaObject]:
+    """Every ElasticQuota by name; a name defined in two namespaces is a problem of that quota."""
     objs: dict[str, QuotaObject] = {}
     duplicates: dict[str, str] = {}
-    for raw in cache.quotas.values():
-        obj = parse(raw, gpu, rdma)
+    for item in raw:
+        obj = parse(item, gpu, rdma)
         if obj.name in objs:
             duplicates[obj.name] = (f"quota {obj.name}: defined in namespaces {objs[obj.name].namespace} and"
                                     f" {obj.namespace}; quota names are cluster-wide")
         objs[obj.name] = obj
     for name, why in duplicates.items():
         objs[name] = replace(objs[name], problem=why)
-    book = QuotaBook(objs, {}, None, gpu=gpu, rdma=rdma)
+    return objs
+
+
+def leaf_by_namespace(objs: Mapping[str, QuotaObject]) -> dict[str, str]:
+    """The quota that governs a namespace's pods without a quota label: its leaf quota (first by name)."""
+    out: dict[str, str] = {}
     for obj in sorted(objs.values(), key=lambda o: o.name):
         if not obj.is_parent and not any(o.parent == obj.name for o in objs.values()):
-            book.by_namespace.setdefault(obj.namespace, obj.name)
+            out.setdefault(obj.namespace, obj.name)
+    return out
+
+
+def build(cache: SchedulerCache, pending: Iterable[tuple[str, list[PodState]]]) -> QuotaBook:
+    """The cycle's book from the cache (quotas, pods, the ledger) and the pending units (key, pods)."""
+    gpu, rdma = cache.gpu, cache.rdma
+    pending = list(pending)
+    objs = parse_all(cache.quotas.values(), gpu, rdma)
+    book = QuotaBook(objs, {}, None, gpu=gpu, rdma=rdma, by_namespace=leaf_by_namespace(objs))
     holding = cache.cluster.allocations
     governed = [cache.pods[k] for k in holding if k in cache.pods and book.quota_of(cache.pods[k])]
     governed += [p for _, members in pending for p in members if book.quota_of(p)]
