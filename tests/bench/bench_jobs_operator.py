@@ -285,6 +285,38 @@ class PodFollower(threading.Thread):
                                f"of {self.total}")
 
 
+class JobWrites(threading.Thread):
+    """Counts MODIFIED events of the namespace's job objects: the controller's status (and spec) writes."""
+
+    def __init__(self, client: Client, path: str) -> None:
+        super().__init__(daemon=True)
+        self.client, self.path, self.modified = client, path, 0
+        self.ready, self.stop = threading.Event(), threading.Event()
+
+    def run(self) -> None:
+        with contextlib.suppress(Exception):  # a figure for the report, not a condition of the run
+            rv = self.client.get(self.path)["metadata"]["resourceVersion"]
+            while not self.stop.is_set():
+                conn = self.client.conn(timeout=600)
+                try:
+                    conn.request("GET", f"{self.path}?watch=1&resourceVersion={rv}&allowWatchBookmarks=true"
+                                 "&timeoutSeconds=1800")
+                    resp = conn.getresponse()
+                    self.ready.set()
+                    while not self.stop.is_set():
+                        line = resp.readline()
+                        if not line:
+                            break
+                        event = json.loads(line)
+                        if event["type"] == "ERROR":
+                            return
+                        rv = event["object"]["metadata"]["resourceVersion"]
+                        self.modified += event["type"] == "MODIFIED"
+                finally:
+                    conn.close()
+        self.ready.set()
+
+
 # -------------------------------------------------------------------------------- process figures
 
 
@@ -441,9 +473,13 @@ class Result:
     cpu_total_s: float
     peak_rss_mib: float
     hwm_mib: float
+    rss_start_mib: float
     rss_end_mib: float
     services: int
     events: int
+    job_writes: int
+    apiserver_cpu_s: float
+    etcd_cpu_s: float
     load_before: str
     load_after: str
 
@@ -480,10 +516,15 @@ def turn(cluster: DevCluster, client: Client, who: str, rnd: int, args: argparse
             follower.start()
             follower.ready.wait(30)
             pid = ctl.proc.pid
+            rss_start = _status_kib(pid, "VmRSS")  # started, caches synced, no jobs yet
             sampler = RssSampler(pid)
             sampler.start()
-            load_before, cpu0 = _load(), _cpu_s(pid)
             path = f"/apis/kubeflow.org/v1/namespaces/{ns}/{plural}"
+            writes = JobWrites(client, path)
+            writes.start()
+            writes.ready.wait(30)
+            procs = cluster.state()["processes"]
+            plane = {c: int(procs[c]["pid"]) for c in ("kube-apiserver", "etcd")}
 
             def post(i: int, dry: bool = False) -> None:
                 status, body = client.request("POST", path + ("?dryRun=All" if dry else ""),
@@ -494,12 +535,16 @@ def turn(cluster: DevCluster, client: Client, who: str, rnd: int, args: argparse
             with concurrent.futures.ThreadPoolExecutor(8) as pool:
                 # Warm this CRD's create path (schema, storage, admission) and the 8 connections, unstored.
                 list(pool.map(lambda i: post(i, dry=True), range(32)))
+                load_before, cpu0 = _load(), _cpu_s(pid)
+                plane0 = {c: _cpu_s(p) for c, p in plane.items()}
                 t0 = time.monotonic()
                 list(pool.map(post, range(args.jobs)))
                 posted = time.monotonic() - t0
             follower.wait(t0 + args.timeout, ctl.proc)
             cpu = _cpu_s(pid) - cpu0
             cpu_total = _cpu_s(pid)
+            plane_cpu = {c: _cpu_s(p) - plane0[c] for c, p in plane.items()}
+            writes.stop.set()
             rss_end, hwm = _status_kib(pid, "VmRSS"), _status_kib(pid, "VmHWM")
             sampler.stop.set()
             sampler.join()
@@ -515,12 +560,16 @@ def turn(cluster: DevCluster, client: Client, who: str, rnd: int, args: argparse
             ctl.stop()
         result = Result(who, rnd, round(posted, 2), round(follower.all_created_at - t0, 2),
                         round(follower.all_running_at - t0, 2), round(cpu, 2), round(cpu_total, 2),
-                        round(max(sampler.peak_kib, 0) / 1024, 1), round(hwm / 1024, 1), round(rss_end / 1024, 1),
-                        services, events, load_before, load_after)
+                        round(max(sampler.peak_kib, 0) / 1024, 1), round(hwm / 1024, 1), round(rss_start / 1024, 1),
+                        round(rss_end / 1024, 1),
+                        services, events, writes.modified, round(plane_cpu["kube-apiserver"], 2),
+                        round(plane_cpu["etcd"], 2), load_before, load_after)
         _say(f"    {who}: jobs posted {result.jobs_posted_s:.1f}s, all {total} pods created "
              f"{result.all_created_s:.1f}s, all Running {result.all_running_s:.1f}s; CPU {result.cpu_s:.1f}s "
              f"(since start {result.cpu_total_s:.1f}s), peak RSS {result.peak_rss_mib:.0f} MiB (VmHWM "
-             f"{result.hwm_mib:.0f}); {services} Services, {events} events; load {load_before} -> {load_after}")
+             f"{result.hwm_mib:.0f}, {result.rss_start_mib:.0f} when ready); {services} Services, {events} events, {writes.modified} job writes; "
+             f"kube-apiserver CPU {result.apiserver_cpu_s:.1f}s, etcd {result.etcd_cpu_s:.1f}s; "
+             f"load {load_before} -> {load_after}")
     finally:
         took = delete_namespace(client, ns)
         _say(f"    namespace {ns} deleted in {took:.1f}s")
@@ -541,7 +590,9 @@ def summary(results: list[Result], peer: bool) -> list[str]:
     lines = [f"{'figure (median of rounds)':32} {'railnet':>10} {'operator':>10} {'railnet/operator':>17}"]
     for attr, label in (("all_created_s", "all pods created (s)"), ("all_running_s", "all pods Running (s)"),
                         ("cpu_s", "controller CPU in window (s)"), ("peak_rss_mib", "controller peak RSS (MiB)"),
-                        ("hwm_mib", "controller VmHWM (MiB)"), ("jobs_posted_s", "jobs posted (s)")):
+                        ("hwm_mib", "controller VmHWM (MiB)"), ("rss_start_mib", "controller RSS when ready (MiB)"), ("jobs_posted_s", "jobs posted (s)"),
+                        ("job_writes", "writes to job objects"), ("apiserver_cpu_s", "kube-apiserver CPU (s)"),
+                        ("etcd_cpu_s", "etcd CPU (s)")):
         a, b = med(RAILNET, attr), med(OPERATOR, attr)
         ratio = f"{a / b:.2f}" if a is not None and b else "-"
         lines.append(f"{label:32} {'-' if a is None else f'{a:.1f}':>10} {'-' if b is None else f'{b:.1f}':>10} "
