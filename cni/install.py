@@ -97,8 +97,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     if args.uninstall:
-        for path in uninstall(args.dest, args.conf_dir):
-            print(f"removed {path}")
+        for removed in uninstall(args.dest, args.conf_dir):
+            print(f"removed {removed}")
         return 0
     try:
         options = {"agentSocket": _check_socket(args.agent_socket)} if args.agent_socket else {}
