@@ -153,7 +153,11 @@ class Reconciler:
         if not self.expectations.satisfied(key):
             self.metrics.inc("skipped")
             return
-        self._pass(job, obj, st, pods, services)
+        try:
+            self._pass(job, obj, st, pods, services)
+        except _Stale:
+            self.metrics.inc("stale")  # our cache is behind the job: its watch event brings it back
+            return
         self._write_status(job, old, st)
 
     def _invalid(self, obj: JSON, st: JSON, message: str) -> None:
@@ -256,6 +260,8 @@ class Reconciler:
         path = api.resource_path(job.group, job.framework.plural, job.namespace, job.name)
         body = {**patch, "metadata": {**patch.get("metadata", {}), "resourceVersion": obj["metadata"]["resourceVersion"]}}
         code, answer = self.kube.request("PATCH", path, body, "application/merge-patch+json")
+        if code == 409:
+            raise _Stale(job.key)
         if code != 200:
             raise RuntimeError(f"patch {job.key}: HTTP {code}: {answer}")
 
@@ -542,6 +548,10 @@ class Reconciler:
     def _event(self, job: api.Job, why: str, message: str, warning: bool) -> None:
         self.events.on_object(job.namespace, f"{job.group}/{api.VERSIONS[job.group]}", job.kind, job.name, job.uid,
                               why, message, warning=warning)
+
+
+class _Stale(Exception):
+    """The job changed since the cache's copy this pass acted on (a resourceVersion-guarded patch got 409)."""
 
 
 def _merge(old: JSON, new: JSON) -> JSON:
