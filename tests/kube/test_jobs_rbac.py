@@ -1,5 +1,7 @@
-"""deploy/jobs/rbac.yaml is enough: the controller runs a gang-scheduled host-network job to the end
-with the ServiceAccount's token (TokenRequest), its Lease in kube-system, and is refused nothing."""
+"""deploy/jobs/rbac.yaml is enough: the controller runs a gang-scheduled host-network job through queue
+admission and a fail-over to the end with the ServiceAccount's token (TokenRequest), its Lease in
+kube-system, and is refused nothing; and it allows nothing else (SubjectAccessReviews against the real
+RBAC authorizer)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from tests.kube.test_jobs_support import WAIT, Jobs, job_crds, jobs, replica, tf
 
 __all__ = ["job_crds", "jobs"]  # fixtures
 SA = "/api/v1/namespaces/kube-system/serviceaccounts/railnet-controller"
+USER = "system:serviceaccount:kube-system:railnet-controller"
+GROUPS = ["system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated"]
 
 
 @pytest.fixture
@@ -41,9 +45,55 @@ def sa_kubeconfig(cluster: DevCluster, dyn: Any, tmp_path: Path) -> Iterator[Pat
     a.request("DELETE", "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/railnet-controller")
 
 
-def test_controller_runs_a_job_with_only_its_rbac(jobs: Jobs, sa_kubeconfig: Path) -> None:
-    ctl = jobs.start("--gang-scheduling", "--hostnetwork-port-range=33000-33099", kubeconfig=sa_kubeconfig,
-                     lease_ns="kube-system")
+def allowed(cluster: DevCluster, verb: str, resource: str, group: str = "", namespace: str = "",
+            subresource: str = "", name: str = "") -> bool:
+    attrs = {"verb": verb, "resource": resource, "group": group, "namespace": namespace,
+             "subresource": subresource, "name": name}
+    body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {"user": USER, "groups": GROUPS, "resourceAttributes": {k: v for k, v in attrs.items() if v}}}
+    status, answer = cluster.api().request("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", body)
+    assert status == 201, answer
+    return bool(answer["status"].get("allowed"))
+
+
+def test_controller_may_do_what_it_uses_and_nothing_else(cluster: DevCluster, sa_kubeconfig: Path) -> None:
+    def ok(*args: str, **kw: str) -> None:
+        assert allowed(cluster, *args, **kw), (args, kw)
+
+    def denied(*args: str, **kw: str) -> None:
+        assert not allowed(cluster, *args, **kw), (args, kw)
+
+    for group in (api.KUBEDL, api.KUBEFLOW):
+        for verb in ("get", "list", "watch", "patch", "delete"):
+            ok(verb, "tfjobs", group=group, namespace="team-a")
+        ok("patch", "pytorchjobs", group=group, namespace="team-a", subresource="status")
+        for verb in ("create", "update", "deletecollection"):
+            denied(verb, "tfjobs", group=group, namespace="team-a")
+        denied("update", "tfjobs", group=group, namespace="team-a", subresource="status")
+    for verb in ("list", "watch"):  # queue admission reads quotas and priorities, never writes them
+        ok(verb, "elasticquotas", group="scheduling.x-k8s.io", namespace="team-a")
+        ok(verb, "priorityclasses", group="scheduling.k8s.io")
+    for verb in ("create", "update", "patch", "delete"):
+        denied(verb, "elasticquotas", group="scheduling.x-k8s.io", namespace="team-a")
+        denied(verb, "priorityclasses", group="scheduling.k8s.io")
+    denied("update", "elasticquotas", group="scheduling.x-k8s.io", namespace="team-a", subresource="status")
+    denied("patch", "podgroups", group="scheduling.x-k8s.io", namespace="team-a")
+    denied("get", "secrets", namespace="kube-system")
+    denied("list", "configmaps")
+    denied("create", "pods", namespace="team-a", subresource="binding")
+    denied("create", "pods", namespace="team-a", subresource="eviction")
+    denied("patch", "nodes")
+    denied("update", "leases", group="coordination.k8s.io", namespace="kube-system", name="railnet-scheduler")
+
+
+def test_controller_runs_a_job_with_only_its_rbac(jobs: Jobs, sa_kubeconfig: Path, dyn: Any) -> None:
+    kubeutil.apply(dyn, kubeutil.load([kubeutil.DEPLOY / "scheduler" / "crds" / "elasticquotas.scheduling.x-k8s.io.yaml"]))
+    status, answer = jobs.api.request("POST", f"/apis/scheduling.x-k8s.io/v1alpha1/namespaces/{jobs.ns}/elasticquotas", {
+        "apiVersion": "scheduling.x-k8s.io/v1alpha1", "kind": "ElasticQuota", "metadata": {"name": f"q-{jobs.ns}"},
+        "spec": {"max": {"cpu": "100"}}})
+    assert status == 201, answer
+    ctl = jobs.start("--gang-scheduling", "--hostnetwork-port-range=33000-33099", "--admission=quota",
+                     kubeconfig=sa_kubeconfig, lease_ns="kube-system")
     jobs.create(tfjob("rb", annotations={api.NETWORK_MODE: "host", api.GANG_ANNOTATION: "true"},
                       run={"ttlSecondsAfterFinished": 0}, Worker=replica("tensorflow", 2)))
     pods = kubeutil.wait_for(lambda: p if len(p := jobs.pods("rb-")) == 2 else None, WAIT, "2 pods")
@@ -52,6 +102,12 @@ def test_controller_runs_a_job_with_only_its_rbac(jobs: Jobs, sa_kubeconfig: Pat
     group = f"/apis/scheduling.x-k8s.io/v1alpha1/namespaces/{jobs.ns}/podgroups/rb"
     assert jobs.api.request("GET", group)[0] == 200
     jobs.wait_condition("TFJob", "rb", "Created")
+    job = jobs.job("TFJob", "rb")  # went through the queue: suspended, then admitted
+    assert job["metadata"]["annotations"]["railnet.io/admission"] == "Admitted"
+    # fail-over (ExitCode, KubeDL's default for workers): the job gets its annotation
+    jobs.end_pod("rb-worker-1", "Failed", 137)
+    kubeutil.wait_for(lambda: api.LAST_FAILOVER in (jobs.job("TFJob", "rb")["metadata"].get("annotations") or {})
+                      or None, WAIT, "the fail-over annotation")
     # nobody binds gang pods here: end worker 0 as if it ran; TTL 0 then deletes the job
     jobs.end_pod("rb-worker-0", "Succeeded")
     path = api.resource_path(api.KUBEDL, "tfjobs", jobs.ns, "rb")
