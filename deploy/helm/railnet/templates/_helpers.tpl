@@ -64,3 +64,115 @@ runAsGroup: 65532
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
+
+{{/*
+The Lease of a leader-elected component, in the chart's namespace: create cannot be limited by name in
+RBAC; get/update only on the component's own lease (named like the component, as its --lease-name).
+*/}}
+{{- define "railnet.leaseRole" -}}
+{{- $root := index . 0 -}}
+{{- $c := index . 1 -}}
+{{- $ns := include "railnet.namespace" $root -}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: railnet-{{ $c }}-lease
+  namespace: {{ $ns }}
+  labels:
+    {{- include "railnet.componentLabels" (list $root $c) | nindent 4 }}
+rules:
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [create]
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  resourceNames: [railnet-{{ $c }}]
+  verbs: [get, update]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: railnet-{{ $c }}-lease
+  namespace: {{ $ns }}
+  labels:
+    {{- include "railnet.componentLabels" (list $root $c) | nindent 4 }}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: railnet-{{ $c }}-lease}
+subjects:
+- {kind: ServiceAccount, name: railnet-{{ $c }}, namespace: {{ $ns }}}
+{{- end -}}
+
+{{/*
+The pod spec parts every Deployment shares: include "railnet.deploymentPod" (list . "controller" $args $values)
+renders the pod template of component $c running `railnet <args>` as a non-root, read-only container.
+*/}}
+{{- define "railnet.deploymentPod" -}}
+{{- $root := index . 0 -}}
+{{- $c := index . 1 -}}
+{{- $args := index . 2 -}}
+{{- $v := index . 3 -}}
+metadata:
+  labels:
+    {{- include "railnet.componentLabels" (list $root $c) | nindent 4 }}
+spec:
+  serviceAccountName: railnet-{{ $c }}
+  {{- with $root.Values.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  securityContext:
+    {{- include "railnet.restrictedPod" $root | nindent 4 }}
+  {{- with $v.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $v.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  affinity:
+    podAntiAffinity:  # replicas on different nodes where there are enough (preferred: one node still runs both)
+      preferredDuringSchedulingIgnoredDuringExecution:
+      - weight: 100
+        podAffinityTerm:
+          topologyKey: kubernetes.io/hostname
+          labelSelector:
+            matchLabels:
+              {{- include "railnet.selectorLabels" (list $root $c) | nindent 14 }}
+  containers:
+  - name: {{ $c }}
+    image: {{ include "railnet.image" $root }}
+    imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+    args:
+      {{- toYaml $args | nindent 6 }}
+    env:
+    - name: POD_NAME
+      valueFrom: {fieldRef: {fieldPath: metadata.name}}
+    {{- if $v.metricsPort }}
+    ports:
+    - {name: metrics, containerPort: {{ $v.metricsPort }}, protocol: TCP}
+    readinessProbe:
+      tcpSocket: {port: metrics}
+      periodSeconds: 10
+    livenessProbe:
+      tcpSocket: {port: metrics}
+      initialDelaySeconds: 30
+      periodSeconds: 20
+    {{- end }}
+    resources:
+      {{- toYaml $v.resources | nindent 6 }}
+    securityContext:
+      {{- include "railnet.restrictedContainer" $root | nindent 6 }}
+    volumeMounts:
+    - {name: tmp, mountPath: /tmp}
+    {{- if eq $c "ipam" }}
+    - {name: kubeconfig, mountPath: /etc/railnet/kubeconfig, readOnly: true}
+    {{- end }}
+  volumes:
+  - name: tmp
+    emptyDir: {sizeLimit: 64Mi}
+  {{- if eq $c "ipam" }}
+  - name: kubeconfig
+    configMap: {name: railnet-in-cluster-kubeconfig}
+  {{- end }}
+{{- end -}}
