@@ -8,7 +8,7 @@ DEB_PACKAGES := containernetworking-plugins iproute2 sqlite3 gcc libc6-dev runc 
 CC ?= cc
 NATIVE_SHIM := cni/native/railnet-shim
 
-.PHONY: setup sysdeps protos test lint typecheck unit demo bench k8s-bin clean
+.PHONY: setup sysdeps protos test lint typecheck unit demo bench k8s-bin tools clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	@echo "==> creating virtualenv $(VENV)"
@@ -45,7 +45,10 @@ typecheck: setup
 k8s-bin: setup
 	$(PY) -m railnet.dev.k8sbin build
 
-test: setup lint typecheck k8s-bin
+tools: setup
+	$(PY) -m railnet.dev.tools build
+
+test: setup lint typecheck k8s-bin tools
 	$(PY) -m pytest -q tests --ignore=tests/bench
 
 demo: setup

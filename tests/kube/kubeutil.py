@@ -31,8 +31,14 @@ def wait_for(probe: Callable[[], T | None], timeout: float = 30.0, what: str = "
 
 
 def manifest_files(root: Path = DEPLOY) -> list[Path]:
-    """Every YAML manifest under deploy/, CRDs first (other manifests may use their kinds)."""
-    files = sorted(p for p in root.rglob("*.y*ml") if p.suffix in (".yaml", ".yml"))
+    """Every YAML manifest under deploy/, CRDs first (other manifests may use their kinds).
+
+    Not the Helm chart (templates, values) nor the manifests rendered from it: test_chart_install.py
+    dry-runs those, in their own namespace.
+    """
+    skip = (root / "helm", root / "manifests")
+    files = sorted(p for p in root.rglob("*.y*ml") if p.suffix in (".yaml", ".yml")
+                   and not any(d in p.parents for d in skip))
     return sorted(files, key=lambda p: (0 if "crds" in p.parts else 1, str(p)))
 
 
