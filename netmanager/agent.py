@@ -5,6 +5,13 @@ same container are serialised, as the CNI spec expects plugins to be; GC runs al
 flight), so it never collects an attachment that an ADD is still making. All state lives in one
 SQLite file under a state dir that exactly one agent holds (flock), so a restarted agent picks up
 where the previous one stopped and a second agent refuses to start instead of corrupting it.
+
+With `--takeover` (what the DaemonSet runs) a second agent is a rolling update instead: it takes
+the socket path over, the previous agent finishes its calls and releases the state dir, and only
+then does the new one open the state and serve (netmanager.server says how no call is dropped).
+The previous agent then idles until its SIGTERM, so the kubelet does not restart it into a takeover
+of its own. `--probe` is the readiness check (netmanager.probe); `--metrics-port` serves Prometheus
+metrics (netmanager.metrics).
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from ipam.sqlite import Database
 from ipam.store import IpamStore
 from netmanager.kubelet import podresources
 from netmanager.kubelet.podresources import PodResources
-from netmanager.server import Server, SocketInUse
+from netmanager.server import Server, SocketInUse, TakeoverFailed
 
 log = logging.getLogger("railnet.agent")
 
@@ -76,18 +83,25 @@ class StateDirBusy(RuntimeError):
     pass
 
 
-def lock_state_dir(state_dir: Path) -> IO[str]:
-    """Hold `state_dir/agent.lock` for the life of the process (the kernel drops it on exit)."""
+def lock_state_dir(state_dir: Path, wait: float = 0.0) -> IO[str]:
+    """Hold `state_dir/agent.lock` for the life of the process (the kernel drops it on exit); try for
+    up to `wait` seconds (a predecessor that just handed over is releasing it)."""
     if not state_dir.exists():
         state_dir.mkdir(mode=0o700, parents=True)
     fd = os.open(state_dir / "agent.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     handle = os.fdopen(fd, "r+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = handle.read().strip() or "unknown"
-        handle.close()
-        raise StateDirBusy(f"another railnet agent (pid {holder}) holds {state_dir}") from None
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise StateDirBusy(f"another railnet agent (pid {holder}) holds {state_dir}") from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"{os.getpid()}\n")
@@ -99,8 +113,10 @@ class Agent:
     def __init__(self, state_dir: Path, pools_dir: Path | None, sysfs: Path, kubeconfig: Path | None = None,
                  node_name: str = "", block_grace: float = 30.0, reconcile_interval: float = 60.0,
                  reconcile_min_age: float = 60.0, meta_cache: bool = True,
-                 pod_resources: Path | None = None, claims: Any = None) -> None:
-        """`claims`: the DRA driver's ClaimSource (cni.meta.claims), for networks on a claim's NIC."""
+                 pod_resources: Path | None = None, claims: Any = None, metrics: Any = None) -> None:
+        """`claims`: the DRA driver's ClaimSource (cni.meta.claims), for networks on a claim's NIC;
+        `metrics`: a netmanager.metrics.AgentMetrics that every call is counted in."""
+        self.metrics = metrics
         db = Database(state_dir / "railnet.db")
         self.attachments = AttachmentStore(db)
         store = IpamStore(db)
@@ -167,15 +183,28 @@ class Agent:
 
     def serve_one(self, request: ShimRequest) -> tuple[int, str]:
         env, plugin = request.env, request.plugin
+        command = env.get("CNI_COMMAND", "")
         started = time.perf_counter()
-        with self._serialised(env):
-            code, stdout = self.dispatcher.handle(plugin, env, request.stdin)
-        fields = {"plugin": plugin, "cmd": env.get("CNI_COMMAND"), "cid": env.get("CNI_CONTAINERID"),
-                  "ifname": env.get("CNI_IFNAME"), "ms": round((time.perf_counter() - started) * 1e3, 2),
-                  "exit": code}
+        if self.metrics is not None:
+            self.metrics.in_flight.inc()
+        try:
+            with self._serialised(env):
+                code, stdout = self.dispatcher.handle(plugin, env, request.stdin)
+        finally:
+            if self.metrics is not None:
+                self.metrics.in_flight.dec()
+        seconds = time.perf_counter() - started
+        fields = {"plugin": plugin, "cmd": command, "cid": env.get("CNI_CONTAINERID"),
+                  "ifname": env.get("CNI_IFNAME"), "ms": round(seconds * 1e3, 2), "exit": code}
+        error_code = 0
         if code:
-            fields["error"] = json.loads(stdout).get("msg") if stdout else ""
-        log.info("cni request", extra={"fields": fields})
+            error = json.loads(stdout) if stdout else {}
+            fields["error"] = error.get("msg", "")
+            error_code = error.get("code", code) if isinstance(error.get("code"), int) else code
+        if self.metrics is not None:
+            self.metrics.observe(plugin, command, error_code, seconds)
+        # VERSION is what the readiness probe sends every few seconds: not worth a line each.
+        log.log(logging.DEBUG if command == "VERSION" else logging.INFO, "cni request", extra={"fields": fields})
         return code, stdout
 
 
@@ -241,8 +270,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dra-resync", type=float, default=60.0, metavar="SECONDS",
                         help="rediscover and republish the ResourceSlice at least this often (default %(default)s)")
     parser.add_argument("--workers", type=int, default=8, help="concurrent CNI requests (default %(default)s)")
+    parser.add_argument("--takeover", action="store_true",
+                        help="if an agent already serves --socket, take the socket over from it (rolling update): "
+                             "it finishes its calls and releases the state dir, then this one serves")
+    parser.add_argument("--takeover-timeout", type=float, default=120.0, metavar="SECONDS",
+                        help="how long to wait for the previous agent to hand over (default %(default)s)")
+    parser.add_argument("--metrics-port", type=int, default=0,
+                        help="serve Prometheus metrics on this TCP port (0: off; SO_REUSEPORT, so a successor "
+                             "can bind it during a rolling update)")
+    parser.add_argument("--metrics-address", default="",
+                        help="address for --metrics-port (default: all addresses)")
+    parser.add_argument("--probe", action="store_true",
+                        help="readiness check instead of serving: one CNI VERSION round trip on --socket; "
+                             "exit 0 when served")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
+    if args.probe:
+        from netmanager import probe
+
+        return probe.main(["--socket", str(args.socket)])
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLogFormatter())
@@ -255,18 +301,43 @@ def main(argv: list[str] | None = None) -> int:
         print("railnet agent: --dra-driver needs --kubeconfig and --node-name (it reads claims and publishes "
               "ResourceSlices)", file=sys.stderr)
         return 2
+    metrics = None
+    if args.metrics_port:
+        from netmanager.metrics import AgentMetrics
+
+        metrics = AgentMetrics()
+    server: Server | None = None
     try:
-        lock = lock_state_dir(args.state_dir)
+        if args.takeover:  # the socket first: callers queue on our socket while the predecessor finishes
+            server = Server(args.socket, _not_yet, workers=max(1, args.workers), takeover=True)
+            server.await_predecessor(args.takeover_timeout)
+            lock = lock_state_dir(args.state_dir, wait=10.0)
+        else:
+            lock = lock_state_dir(args.state_dir)
         dra = _dra_driver(args)  # before serving: a driver that cannot start stops the agent with the reason
         agent = Agent(args.state_dir, args.pools_dir, args.sysfs, args.kubeconfig, args.node_name,
                       args.block_grace, args.reconcile_interval, args.reconcile_min_age, args.meta_cache,
-                      args.pod_resources_socket, claims=dra.attachments() if dra is not None else None)
-        server = Server(args.socket, agent.serve_one, workers=max(1, args.workers))
-    except (StateDirBusy, SocketInUse) as exc:
+                      args.pod_resources_socket, claims=dra.attachments() if dra is not None else None,
+                      metrics=metrics)
+        if server is None:
+            server = Server(args.socket, agent.serve_one, workers=max(1, args.workers))
+        server.serve = agent.serve_one
+        metrics_server = None
+        if metrics is not None:
+            from netmanager.metrics import MetricsServer
+
+            metrics.watch_state(args.state_dir / "railnet.db",
+                                (lambda: len(dra.preparer.store.all())) if dra is not None else None)
+            metrics_server = MetricsServer(metrics.registry, args.metrics_port, args.metrics_address)
+    except (StateDirBusy, SocketInUse, TakeoverFailed) as exc:
         print(f"railnet agent: {exc}; stop it first (one agent per node)", file=sys.stderr)
+        if server is not None:
+            server.shutdown()
         return 1
-    except DraStartError as exc:
+    except (DraStartError, OSError) as exc:
         print(f"railnet agent: {exc}", file=sys.stderr)
+        if server is not None:
+            server.shutdown()
         return 1
 
     topology = None
@@ -286,16 +357,21 @@ def main(argv: list[str] | None = None) -> int:
     if dra is not None:
         dra.start()
 
+    terminated = threading.Event()
+
     def stop(signum: int, _frame: object) -> None:
         log.info("stopping", extra={"fields": {"signal": signal.Signals(signum).name}})
+        terminated.set()
         server.stop()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log.info("serving", extra={"fields": {"socket": str(args.socket), "state": str(args.state_dir),
-                                          "workers": args.workers}})
+                                          "workers": args.workers, "metrics_port": args.metrics_port}})
     server.serve_forever()
-    server.shutdown()  # waits for in-flight requests, removes our socket
+    server.shutdown()  # finishes the calls in hand and the ones already queued, removes our socket
+    if metrics_server is not None:
+        metrics_server.close()
     if topology is not None:
         topology.stop()
     if listeners is not None:
@@ -304,8 +380,18 @@ def main(argv: list[str] | None = None) -> int:
         dra.stop()
     agent.close()
     lock.close()
+    if server.handover is not None:
+        server.answer_handover()  # the state is released: the successor may serve now
+        log.info("handed over to the new agent")
+        if args.takeover:  # in a DaemonSet: exiting would make the kubelet restart us into a takeover
+            while not terminated.wait(1.0):
+                pass
     log.info("stopped")
     return 0
+
+
+def _not_yet(request: ShimRequest) -> tuple[int, str]:
+    raise AssertionError("served a call before the agent was built")  # serve_forever starts after
 
 
 if __name__ == "__main__":
