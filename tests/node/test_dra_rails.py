@@ -28,6 +28,7 @@ from kubernetes import client, dynamic
 from cni.linux.netns import NetNS
 from cni.meta import egress
 from netmanager.dra import DRIVER
+from netmanager.dra.prepare import ClaimStore
 from netmanager.dra.slices import device_name
 from netmanager.topology.discover import discover
 from railnet.dev import fixture_gpu
@@ -120,6 +121,10 @@ class RailsOnNode:
 
     def records(self) -> int:
         return self.db("SELECT COUNT(*) FROM attachment")
+
+    def store_for_tests(self) -> ClaimStore:
+        """The agent's prepared-record store (read by set_network_data's callers only through it)."""
+        return ClaimStore(self.agent.state_dir / "dra" / "claims")
 
     def prepared(self) -> list[str]:
         d = self.agent.state_dir / "dra" / "claims"
@@ -316,3 +321,93 @@ def test_bad_claim_networks_fail_the_sandbox_and_leave_nothing(rails: RailsOnNod
     # refused before any delegate ran: no address, no attachment record
     assert rails.allocations() == 0 and rails.records() == 0
     delete_pods(rails, ns, tuple(bad))
+
+
+def token_kubeconfig(rn: RealNode, token: str, path: Path) -> Path:
+    """A kubeconfig for the same API server that authenticates with `token`."""
+    import yaml
+
+    admin = yaml.safe_load(rn.cluster.kubeconfig.read_text())
+    cluster = admin["clusters"][0]
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "clusters": [cluster],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": cluster["name"], "user": "sa"}}], "current-context": "sa"}))
+    return path
+
+
+def test_network_data_needs_the_driver_subresource_for_a_node_bound_service_account(rails: RailsOnNode,
+                                                                                      ns: str) -> None:
+    """The RBAC docs/dra.md gives the agent, checked against the real API server: with
+    resourceclaims/status alone the networkData patch is refused; with `associated-node:patch` on
+    resourceclaims/driver for rdma.railnet.io it is allowed for a token bound to the claim's node, and
+    still refused for the same ServiceAccount's token that is not node-bound."""
+    from cni.meta.claims import ClaimDevice
+    from netmanager.dra.attach import ClaimAttachments
+    from netmanager.dra.driver import KubeResources
+
+    rn, core = rails.rn, rails.rn.core
+    rail_nad(rn, ns)
+    claim_template(rails, ns, "nic", [nic_request(rail(2))])
+    core.create_namespaced_pod(ns, rail_pod("holder", "nic"))
+    h.running(core, ns, "holder", timeout=240)
+    claim = rails.claim_of(ns, "holder")
+    (result,) = claim["status"]["allocation"]["devices"]["results"]
+    device = ClaimDevice(ns, claim["metadata"]["name"], claim["metadata"]["uid"], "nic", DRIVER, result["pool"],
+                         result["device"], "", None, False, share_id=result.get("shareID"))
+
+    rbac = client.RbacAuthorizationV1Api(rn.api_client)
+    core.create_namespaced_service_account(ns, {"metadata": {"name": "agent"}})
+    role = f"{ns}-claim-status"
+    status_rule = {"apiGroups": ["resource.k8s.io"], "resources": ["resourceclaims", "resourceclaims/status"],
+                   "verbs": ["get", "patch"]}
+    driver_rule = {"apiGroups": ["resource.k8s.io"], "resources": ["resourceclaims/driver"],
+                   "resourceNames": [DRIVER], "verbs": ["associated-node:patch"]}
+    rbac.create_cluster_role({"metadata": {"name": role}, "rules": [status_rule]})
+    rbac.create_cluster_role_binding({"metadata": {"name": role},
+                                      "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                                  "name": role},
+                                      "subjects": [{"kind": "ServiceAccount", "name": "agent", "namespace": ns}]})
+    tmp = Path(tempfile.mkdtemp(prefix="rn-rbac-"))
+    try:
+        node_uid = core.read_node(rn.name).metadata.uid
+
+        def writer(bound: bool) -> ClaimAttachments:
+            spec: dict[str, Any] = {"expirationSeconds": 600}
+            if bound:
+                spec["boundObjectRef"] = {"apiVersion": "v1", "kind": "Node", "name": rn.name, "uid": node_uid}
+            token = core.create_namespaced_service_account_token("agent", ns, {"spec": spec}).status.token
+            api = KubeResources(token_kubeconfig(rn, token, tmp / f"kubeconfig-{bound}"))
+            return ClaimAttachments(rn.name, rails.store_for_tests(), api, lambda: rails.topology)
+
+        def outcome(bound: bool, name: str) -> str:
+            try:
+                writer(bound).set_network_data(device, {"interfaceName": name})
+                return "allowed"
+            except client.exceptions.ApiException as exc:
+                # the API server answers 422 Invalid with a Forbidden cause on status.devices
+                assert exc.status == 422, exc
+                assert 'changing status.devices requires resource=\\"resourceclaims/driver\\"' in str(exc.body), \
+                    exc.body
+                assert "must be an allocated device" not in str(exc.body), exc.body
+                return "forbidden"
+
+        def can_read() -> bool | None:
+            try:
+                return writer(True).api.claim(ns, device.claim_name) is not None
+            except client.exceptions.ApiException as exc:
+                assert exc.status == 403, exc
+                return None
+
+        kubeutil.wait_for(can_read, 30, "the binding taking effect (the claim readable)", interval=1)
+        assert outcome(True, "status-only") == "forbidden"  # resourceclaims/status alone is not enough
+        rbac.patch_cluster_role(role, {"rules": [status_rule, driver_rule]})
+        kubeutil.wait_for(lambda: outcome(True, "node-bound") == "allowed", 30, "the role taking effect", interval=1)
+        (entry,) = network_data(rails.claim_of(ns, "holder"))
+        assert entry["networkData"] == {"interfaceName": "node-bound"}
+        assert outcome(False, "not-bound") == "forbidden"  # associated-node needs the node binding
+    finally:
+        rbac.delete_cluster_role_binding(role)
+        rbac.delete_cluster_role(role)
+        shutil.rmtree(tmp, ignore_errors=True)
+    delete_pods(rails, ns, ("holder",))
