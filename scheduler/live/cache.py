@@ -421,8 +421,7 @@ class SchedulerCache:
         return [pods[k] for k in self.waiting if k not in held and backoff.get(k, 0.0) <= now]
 
     def excluded(self, constraints: objects.Constraints) -> tuple[list[int], dict[str, int]]:
-        """Node indices these constraints rule out, and how many per reason: taints, selector and
-        affinity (cached until a rebuild), then host ports taken on the node now (``hostports``)."""
+        """Node indices these constraints rule out, and how many per reason (cached until a rebuild)."""
         found = self._excluded.get(constraints.signature)
         if found is None:
             out: list[int] = []
@@ -433,19 +432,21 @@ class SchedulerCache:
                     out.append(node.index)
                     reasons[why] = reasons.get(why, 0) + 1
             found = self._excluded[constraints.signature] = (out, reasons)
+        return found
+
+    def host_ports_taken(self, constraints: objects.Constraints) -> tuple[list[int], dict[str, int]]:
+        """Nodes where a host port of these constraints is taken now, by a pod holding the node (bound or
+        assumed) or by the node's host listeners, with how many per reason (``hostports``). Not part of
+        ``excluded``: the members of a gang differ in ports, so ``hostports.plan_gang`` applies them
+        member by member instead of blocking their union for the whole gang."""
         if not constraints.host_ports:
-            return found
-        static = set(found[0])
+            return [], {}
         held: dict[int, list[hostports.HostPort]] = {}
         for key in self.with_ports:  # pods holding a node (bound or assumed) that declare host ports
             alloc = self.cluster.allocations.get(key)
-            if alloc is not None and alloc.node not in static:
+            if alloc is not None:
                 held.setdefault(alloc.node, []).extend(self.pods[key].constraints.host_ports)
-        listeners = {i: p for i, p in self._listener_index().items() if i not in static}
-        taken, port_reasons = hostports.excluded(constraints.host_ports, held, listeners)
-        if not taken:
-            return found
-        return found[0] + taken, {**found[1], **port_reasons}
+        return hostports.excluded(constraints.host_ports, held, self._listener_index())
 
     def _listener_index(self) -> dict[int, frozenset[int]]:
         """Node index -> ports its host processes listen on, per built ``Cluster`` (a changed

@@ -18,7 +18,7 @@ the nodes of the members before it that hold a conflicting port.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Protocol
@@ -143,46 +143,91 @@ def apart(pods: Sequence[Member], allocations: Iterable[Allocation]) -> bool:
     return True
 
 
-def plan_gang(view: ClusterView, gang: core.Gang, pods: Sequence[Member],
-              gpu: str = "nvidia.com/gpu", rdma: str = "rdma/roce") -> tuple[core.GangPlan | None, str | None]:
-    """The core's ``plan_gang``, with members that share a host port kept on different nodes.
+Taken = Callable[[Any], tuple[list[int], dict[str, int]]]  # constraints -> nodes where its ports are taken
 
-    Returns the plan (reserved in ``view``) or None and, when host ports were the obstacle, why."""
-    if len(pods) < 2 or not members_conflict(pods):
+
+def plan_gang(view: ClusterView, gang: core.Gang, pods: Sequence[Member], taken: Taken | None = None,
+              gpu: str = "nvidia.com/gpu", rdma: str = "rdma/roce") -> tuple[core.GangPlan | None, str | None]:
+    """The core's ``plan_gang`` with host ports respected: each member kept off the nodes where its
+    ports are taken (``taken``, e.g. ``SchedulerCache.host_ports_taken``), and members that share a
+    port on different nodes.
+
+    Returns the plan (reserved in ``view``) or None, and why when host ports were the obstacle (None
+    when the unit does not fit even without them: the caller's message says why)."""
+    per = [taken(p.constraints) if taken is not None and _ports(p) else ([], {}) for p in pods]
+    conflict = len(pods) > 1 and members_conflict(pods)
+    if not conflict and not any(blocked for blocked, _ in per):
         return core.plan_gang(view, gang), None
+    if len(pods) == 1:
+        trial = view.child()
+        for index in per[0][0]:
+            trial.block(index)
+        plan = core.plan_gang(trial, gang)
+        if plan is not None:
+            view.absorb(trial)
+            return plan, None
+        if core.plan_gang(view.child(), gang) is None:
+            return None, None  # it does not fit even where its ports are free
+        return None, _reason(trial, view, gang.members[0], per[0], gpu, rdma)
     trial = view.child()
     plan = core.plan_gang(trial, gang)
-    if plan is not None and apart(pods, plan.allocations):
+    if plan is not None and apart(pods, plan.allocations) and all(
+            a.node not in set(blocked) for a, (blocked, _) in zip(plan.allocations, _by_alloc(pods, per, plan),
+                                                                   strict=True)):
         view.absorb(trial)
         return plan, None
-    return _in_turn(view, gang, pods, gpu, rdma)
+    return _in_turn(view, gang, pods, per, gpu, rdma)
 
 
-def _in_turn(view: ClusterView, gang: core.Gang, pods: Sequence[Member], gpu: str,
-             rdma: str) -> tuple[core.GangPlan | None, str | None]:
-    """Members in rank order, each off the nodes where an earlier member holds a conflicting port (and,
-    for a gang with a required level, inside the first member's domain); all or nothing."""
+def _by_alloc(pods: Sequence[Member], per: list[tuple[list[int], dict[str, int]]],
+              plan: core.GangPlan) -> list[tuple[list[int], dict[str, int]]]:
+    index = {p.key: i for i, p in enumerate(pods)}
+    return [per[index[a.pod]] for a in plan.allocations]
+
+
+def _reason(trial: ClusterView, view: ClusterView, member: Any, mine: tuple[list[int], dict[str, int]], gpu: str,
+            rdma: str, extra: Mapping[str, int] | None = None) -> str:
+    """explain.pod_reason with the port reasons, and the nodes the caller had already blocked counted
+    as "other filters" (taints, selector, affinity, reservation: the caller's event lists them)."""
+    ports = set(mine[0])
+    before = [i for i in range(len(view.cluster.nodes)) if i not in ports and view.node(i).cpu_free < 0]
+    reasons = {**mine[1], **(extra or {})}
+    if before:
+        reasons["the pod's other filters"] = len(before)
+    blocked = sorted(ports | set(before) | set(_blocked_by_members(trial, view)))
+    return explain.pod_reason(trial, member, blocked, reasons, gpu, rdma)
+
+
+def _blocked_by_members(trial: ClusterView, view: ClusterView) -> list[int]:
+    """Nodes blocked in ``trial`` but not in ``view`` (ports or earlier members)."""
+    return [i for i in range(len(view.cluster.nodes)) if trial.node(i).cpu_free < 0 <= view.node(i).cpu_free]
+
+
+def _in_turn(view: ClusterView, gang: core.Gang, pods: Sequence[Member], per: list[tuple[list[int], dict[str, int]]],
+             gpu: str, rdma: str) -> tuple[core.GangPlan | None, str | None]:
+    """Members in rank order, each off the nodes where its ports are taken and where an earlier member
+    holds a conflicting port (and, for a gang with a required level, inside the first member's domain);
+    all or nothing."""
     cluster = view.cluster
     work = view.child()
     allocs: list[Allocation] = []
     on_node: dict[int, list[HostPort]] = {}
     first_out: str | None = None
-    for pod, member in zip(pods, gang.members, strict=True):
+    for pod, member, (taken_here, taken_why) in zip(pods, gang.members, per, strict=True):
         mine = _ports(pod)
         trial = work.child()
-        blocked, reasons = excluded(mine, on_node, {})
+        by_members, reasons = excluded(mine, on_node, {})
+        blocked = set(taken_here) | set(by_members)
         if gang.max_level is not None and allocs:
             domain = cluster.domains.domain_of(allocs[0].node, gang.max_level)
-            outside = [n.index for n in cluster.nodes
-                       if cluster.domains.domain_of(n.index, gang.max_level) != domain]
-            blocked = sorted(set(blocked) | set(outside))
+            blocked |= {n.index for n in cluster.nodes if cluster.domains.domain_of(n.index, gang.max_level) != domain}
         for index in blocked:
             trial.block(index)
         one = core.plan_gang(trial, core.Gang(gang.name, (member,), 0, gang.priority))
         if one is None:
             if first_out is None:
                 ours = {f"{why} by another member of the gang": n for why, n in reasons.items()}
-                first_out = f"member {pod.key}: {explain.pod_reason(trial, member, blocked, ours, gpu, rdma)}"
+                first_out = f"member {pod.key}: {_reason(trial, view, member, (taken_here, taken_why), gpu, rdma, ours)}"
             continue
         work.absorb(trial)
         allocs += one.allocations

@@ -195,7 +195,8 @@ class Scheduler:
         for index in blocked:
             view.block(index)
         why_not: str | None
-        plan, why_not = hostports.plan_gang(view, gang, unit.pods, cache.gpu, cache.rdma[0] if cache.rdma else "rdma")
+        plan, why_not = hostports.plan_gang(view, gang, unit.pods, cache.host_ports_taken, cache.gpu,
+                                            cache.rdma[0] if cache.rdma else "rdma")
         if affinity is not None and len(gang.members) > 1 and affinity.members_interact(unit.pods) and (
                 plan is None or not affinity.consistent(unit.pods, plan)):
             # members must see each other: place them one by one, each against those before it

@@ -5,12 +5,24 @@ and a failed replica comes back on a new port with its Service retargeted."""
 from __future__ import annotations
 
 import concurrent.futures
+import subprocess
+import sys
 from collections import Counter, defaultdict
 
 from jobs import api, builder
 from jobs.store import HOST_LISTENERS
 from tests.kube import kubeutil
-from tests.kube.test_jobs_support import WAIT, Jobs, job_crds, jobs, replica, tf_config, tfjob
+from tests.kube.test_jobs_support import (
+    REPO,
+    WAIT,
+    Jobs,
+    _die_with_parent,
+    job_crds,
+    jobs,
+    replica,
+    tf_config,
+    tfjob,
+)
 
 __all__ = ["job_crds", "jobs"]  # fixtures
 HOST = {api.NETWORK_MODE: "host"}
@@ -97,3 +109,39 @@ def test_ports_that_host_processes_listen_on_are_not_picked(jobs: Jobs) -> None:
         assert all(len(v) == len(set(v)) for v in by_node.values())
     finally:
         annotate(None)
+
+
+def test_railnet_scheduler_keeps_gang_replicas_that_share_a_port_apart(jobs: Jobs) -> None:
+    # 12 gang-scheduled replicas on a range of 4 ports: every port has 3 holders, so the controller's
+    # picker cannot keep ports unique and relies on the scheduler; railnet's scheduler packs gangs
+    # tightly unless its host-port filter (scheduler/live/hostports.py) keeps them apart. Node 0's host
+    # processes listen on 34300, which no replica may get there.
+    nodes = sorted(n["metadata"]["name"] for n in jobs.api.get("/api/v1/nodes")["items"])
+    name = f"railnet-{jobs.ns[-5:]}"
+    log = jobs.tmp / "scheduler.log"
+    with log.open("wb") as out:
+        sched = subprocess.Popen([sys.executable, "-m", "railnet.cli", "scheduler", f"--kubeconfig={jobs.cluster.kubeconfig}",
+                                  f"--scheduler-name={name}", f"--lease-namespace={jobs.ns}", f"--lease-name={name}",
+                                  f"--identity={name}"], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                 preexec_fn=_die_with_parent)
+    sched.log = log  # type: ignore[attr-defined]
+    jobs.procs.append(sched)  # killed with the controllers
+    jobs.api.call("PATCH", f"/api/v1/nodes/{nodes[0]}", {"metadata": {"annotations": {HOST_LISTENERS: "22,34300"}}},
+                  "application/merge-patch+json")
+    try:
+        jobs.start("--hostnetwork-port-range=34300-34303", "--gang-scheduling", f"--gang-scheduler-name={name}")
+        for i in range(6):
+            jobs.create(tfjob(f"g{i}", annotations=HOST, Worker=replica("tensorflow", 2)))
+        names = {f"g{i}-worker-{w}" for i in range(6) for w in (0, 1)}
+        pods = jobs.wait_running(names)
+        by_node: dict[str, list[int]] = defaultdict(list)
+        for n in names:
+            assert pods[n]["spec"]["schedulerName"] == name
+            by_node[pods[n]["spec"]["nodeName"]].append(host_port(pods[n]))
+        for node, held in by_node.items():
+            assert len(held) == len(set(held)), f"{node} has a host port twice: {sorted(held)}"
+        assert 34300 not in by_node.get(nodes[0], []), by_node
+        assert max(Counter(p for held in by_node.values() for p in held).values()) >= 3  # ports were shared
+    finally:
+        jobs.api.call("PATCH", f"/api/v1/nodes/{nodes[0]}", {"metadata": {"annotations": {HOST_LISTENERS: None}}},
+                      "application/merge-patch+json")

@@ -132,7 +132,7 @@ def test_assumed_pods_hold_their_ports_for_the_next_decision() -> None:
     # the reason names the port
     cache = sched.cache
     waiting = next(p for k, p in cache.pods.items() if k not in cache.cluster.allocations)
-    blocked, reasons = cache.excluded(waiting.constraints)
+    blocked, reasons = cache.host_ports_taken(waiting.constraints)
     assert sorted(blocked) == [0, 1] and reasons == {"host port 7000 taken": 2}
 
 
@@ -150,18 +150,44 @@ def test_host_listeners_rule_nodes_out_and_a_new_annotation_takes_effect() -> No
     cache = sched.cache
     cache.on_node("MODIFIED", listening("b", "20005"))
     assert sched.cycle() == []
-    blocked, reasons = cache.excluded(cache.pods["ns/p"].constraints)
+    blocked, reasons = cache.host_ports_taken(cache.pods["ns/p"].constraints)
     assert reasons == {"host port 20005 taken by a host process": 2}
     cache.on_node("MODIFIED", listening("b", "22"))  # the daemon on b went away
     assert [d.node for d in sched.cycle()] == ["b"]
 
 
-def test_static_filters_and_ports_count_a_node_once() -> None:
+def test_static_filters_and_ports_are_reported_apart() -> None:
     tainted = listening("a", "7000")
     tainted["spec"]["taints"] = [{"key": "k", "effect": "NoSchedule"}]
-    sched = run([tainted, node("b")], with_ports("p", {"containerPort": 7000, "hostPort": 7000}))
-    blocked, reasons = sched.cache.excluded(sched.cache.pods["ns/p"].constraints)
-    assert blocked == [0] and reasons == {"taint": 1}
+    sched = run([tainted, listening("b", "7000"), node("c", gpus=1)],
+                with_ports("p", {"containerPort": 7000, "hostPort": 7000}, gpus=2))
+    constraints = sched.cache.pods["ns/p"].constraints
+    assert sched.cache.excluded(constraints) == ([0], {"taint": 1})  # cached per signature: no ports in it
+    assert sched.cache.host_ports_taken(constraints) == ([0, 1], {"host port 7000 taken by a host process": 2})
+    assert sched.cycle() == []
+    # the message names the port (a node both tainted and holding the port counts under the port)
+    view = ClusterView(sched.cache.cluster)
+    view.block(0)
+    pod = sched.cache.pods["ns/p"]
+    plan, why = hostports.plan_gang(view, Gang("ns/p", (pod.spec,)), [pod], sched.cache.host_ports_taken)
+    assert plan is None and why == ("no node has 2 nvidia.com/gpu (the largest has 1); excluded: 2 by host port "
+                                    "7000 taken by a host process")
+    # a node that only its other filters rule out is counted as such
+    sched.cache.on_node("MODIFIED", {**tainted, "metadata": {"name": "a", "labels": {}}})
+    sched.cache.rebuild()
+    view = ClusterView(sched.cache.cluster)
+    view.block(0)
+    plan, why = hostports.plan_gang(view, Gang("ns/p", (pod.spec,)), [pod], sched.cache.host_ports_taken)
+    assert plan is None and why == ("no node has 2 nvidia.com/gpu (the largest has 1); excluded: 1 by host port "
+                                    "7000 taken by a host process, 1 by the pod's other filters")
+
+
+def test_a_pod_that_does_not_fit_anyway_gets_the_callers_message() -> None:
+    sched = run([listening("a", "7000"), node("b")], with_ports("p", {"containerPort": 7000, "hostPort": 7000}, gpus=9))
+    pod = sched.cache.pods["ns/p"]
+    plan, why = hostports.plan_gang(ClusterView(sched.cache.cluster), Gang("ns/p", (pod.spec,)), [pod],
+                                    sched.cache.host_ports_taken)
+    assert plan is None and why is None
 
 
 def gang(name: str, count: int, port: int | None, gpus: int = 1) -> list[dict[str, Any]]:
@@ -194,6 +220,17 @@ def test_gang_that_needs_more_nodes_than_the_port_allows_waits_and_says_why() ->
     assert plan is None and why is not None
     assert why.startswith("gang ns/g: 2 of 3 members fit; member ns/g-2: no usable node (2 nodes; excluded: "
                           "2 by host port 2222 taken by another member of the gang)")
+
+
+def test_gang_members_with_different_ports_each_avoid_only_their_own() -> None:
+    # port 7001 is held on a, 7002 on b: member 1 must go to b, member 2 to a (blocking the union of
+    # the members' nodes for the whole gang would leave no node at all)
+    held = [with_ports("h1", {"containerPort": 7001, "hostPort": 7001}, on="a"),
+            with_ports("h2", {"containerPort": 7002, "hostPort": 7002}, on="b")]
+    label = {"labels": {objects.POD_GROUP_LABEL: "g"}}
+    members = [with_ports(f"g-{i}", {"containerPort": 7000 + i, "hostPort": 7000 + i}, metadata=label) for i in (1, 2)]
+    sched = with_group(run([node("a"), node("b")], *held, *members), "g", 2)
+    assert {d.pod.name: d.node for d in sched.cycle()} == {"g-1": "b", "g-2": "a"}
 
 
 def test_gang_with_distinct_ports_packs_as_before() -> None:
