@@ -602,6 +602,19 @@ def summary(results: list[Result], peer: bool) -> list[str]:
     return lines
 
 
+def _revision() -> str:
+    """The commit the railnet controller runs from, and whether its code differs from it (a shared tree)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "jobs", "scheduler", "railnet"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.split("\n")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    changed = [ln[3:] for ln in dirty if ln.strip()]
+    return head + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--jobs", type=int, default=100)
@@ -632,7 +645,8 @@ def main(argv: list[str] | None = None) -> int:
     _say(f"==> bench: {args.jobs} {KINDS[args.kind][1]}s x {args.replicas} replicas = {total} pods on "
          f"{args.nodes} kwok nodes ({pods_per_node} pods each), {args.workers} workers each, rounds {args.repeat}; "
          f"railnet controller vs Kubeflow training operator {peers.TRAINING_OPERATOR_VERSION} "
-         f"({'measured' if peer else 'not run'}); {os.cpu_count()} CPUs, load average {_load()}")
+         f"({'measured' if peer else 'not run'}); {os.cpu_count()} CPUs, load average {_load()}; railnet at "
+         f"{_revision()}")
     options = Options(kwok_parallelism=16, kwok_log_level="WARN")
     results: list[Result] = []
     logdir = Path(tempfile.mkdtemp(prefix="bench-jobs-operator-"))
