@@ -23,13 +23,16 @@ from types import MappingProxyType, SimpleNamespace
 from typing import Any
 
 from scheduler.domains import DEFAULT_DOMAIN_KEYS
+from scheduler.dra.api import pod_claims
 from scheduler.live import hostports, interpod, objects
 from scheduler.live.allocation import PodAllocation
-from scheduler.model import Allocation, Cluster, ModelError, Node, PodSpec, new_node
-from scheduler.topology import CompactTopology, from_node_topology, uniform
+from scheduler.live.claims import DraState
+from scheduler.model import MILLI, Allocation, Cluster, ModelError, Node, PodSpec, new_node
+from scheduler.topology import CompactTopology, bits, from_node_topology, uniform
 
 JSON = dict[str, Any]
 log = logging.getLogger("railnet.scheduler.cache")
+DRA_HOLD = "[dra]/"  # ledger key prefix of what claims hold on a node outside any pod ('[' is in no pod key)
 _NO_LABELS: Mapping[str, str] = MappingProxyType({})
 
 
@@ -56,6 +59,7 @@ class PodState:
     phase: str = ""  # status.phase
     labels: Mapping[str, str] = field(default_factory=lambda: _NO_LABELS)  # metadata.labels (inter-pod affinity matches them)
     terms: interpod.PodAffinity | None = None  # required podAffinity / podAntiAffinity
+    claims: tuple[tuple[str, str | None], ...] = ()  # spec.resourceClaims: (name, ResourceClaim or None yet)
 
     @classmethod
     def of(cls, obj: Mapping[str, Any], scheduler_name: str, gpu: str, rdma: Sequence[str]) -> PodState:
@@ -72,6 +76,7 @@ class PodState:
             quota_label=(meta.get("labels") or {}).get(objects.QUOTA_NAME_LABEL) or None,
             deleting=bool(meta.get("deletionTimestamp")), phase=_phase(obj),
             labels=meta.get("labels") or _NO_LABELS, terms=interpod.affinity_of(obj),
+            claims=pod_claims(obj),
         )
 
 
@@ -115,6 +120,7 @@ class SchedulerCache:
         self.foreign: set[str] = set()  # ledger entries whose devices are a guess
         self.backoff: dict[str, float] = {}  # pod -> monotonic time before which it is not retried
         self._excluded: dict[tuple[str, str, str], tuple[list[int], dict[str, int]]] = {}
+        self.dra = DraState()
         self._listeners: tuple[Cluster | None, dict[int, frozenset[int]]] = (None, {})
 
     # -- events (reflector threads) ------------------------------------------------------------------
@@ -165,12 +171,14 @@ class SchedulerCache:
         with self.lock:
             if kind == "DELETED":
                 if self.topologies.pop(name, None) is not None:
+                    self.dra.topology_changed(name)
                     self.dirty = True
                     self._bump()
                 return
             spec = obj.get("spec") or {}
             if self.topologies.get(name) != spec:
                 self.topologies[name] = spec
+                self.dra.topology_changed(name)
                 self.dirty = True
                 self._bump()
 
@@ -221,6 +229,55 @@ class SchedulerCache:
                 self.namespaces[name] = labels
             if old != (None if kind == "DELETED" else labels):  # a namespaceSelector may match now
                 self._bump(freed=True)
+
+    # DRA (claims.py): slices, claims and classes; what claims hold is kept out of the core's reach
+    def replace_slices(self, items: list[JSON]) -> None:
+        with self.lock:
+            self._dra_changed(self.dra.replace_slices(items), freed=True)
+
+    def on_slice(self, kind: str, obj: JSON) -> None:
+        with self.lock:
+            self._dra_changed(self.dra.on_slice(kind, obj), freed=True)
+
+    def replace_claims(self, items: list[JSON]) -> None:
+        with self.lock:
+            self._dra_changed(self.dra.replace_claims(items), freed=True)
+
+    def on_claim(self, kind: str, obj: JSON) -> None:
+        with self.lock:
+            freed = kind == "DELETED" or not (obj.get("status") or {}).get("allocation")
+            self._dra_changed(self.dra.on_claim(kind, obj), freed=freed)
+
+    def replace_classes(self, items: list[JSON]) -> None:
+        with self.lock:
+            self.dra.replace_classes(items)
+            self._bump(freed=True)
+
+    def on_class(self, kind: str, obj: JSON) -> None:
+        with self.lock:
+            self.dra.on_class(kind, obj)
+            self._bump(freed=True)
+
+    def _dra_changed(self, nodes: set[str], freed: bool) -> None:
+        for name in nodes:
+            self.sync_hold(name)
+        self._bump(freed=freed)
+
+    def sync_hold(self, name: str) -> None:
+        """Hold in the ledger the GPUs and NICs claims hold on ``name`` that no pod's allocation holds
+        (claims allocated by kube-scheduler, shared NICs, claims whose pod is gone)."""
+        node = self.cluster.by_name.get(name)
+        if node is None or self.dirty:
+            return  # the rebuild syncs every node
+        key = DRA_HOLD + name
+        if key in self.cluster.allocations:
+            self.cluster.release(key)
+        gpus, nics = self.dra.held(self.dra.node(name, self.topologies.get(name)))
+        gpus &= node.whole_free
+        nics &= node.nic_free
+        if gpus or nics:
+            self.cluster.apply(Allocation(key, node.index, 0, 0, tuple(bits(gpus)), MILLI if gpus else 0,
+                                          tuple(bits(nics))))
 
     def replace_pods(self, items: list[JSON]) -> None:
         with self.lock:
@@ -294,7 +351,9 @@ class SchedulerCache:
         self.foreign.discard(key)
         self.backoff.pop(key, None)
         if key in self.cluster.allocations:
-            self.cluster.release(key)
+            alloc = self.cluster.release(key)
+            if old is not None and old.claims:  # its claims may still hold the devices
+                self.sync_hold(self.cluster.nodes[alloc.node].name)
 
     # -- the ledger ------------------------------------------------------------------------------------
     def _account(self, pod: PodState) -> None:
@@ -311,7 +370,12 @@ class SchedulerCache:
             self.cluster.release(pod.key)
         self.assumed.pop(pod.key, None)
         if node is not None:
+            hold = self.cluster.allocations.get(DRA_HOLD + node.name)
+            if hold is not None:  # the pod's own claim devices may be in the hold: the pod takes them
+                self.cluster.release(hold.pod)
             self._apply_bound(pod, node)
+            if hold is not None or pod.claims:
+                self.sync_hold(node.name)
 
     def _apply_bound(self, pod: PodState, node: Node) -> None:
         alloc = self._from_annotation(pod, node)
@@ -390,6 +454,8 @@ class SchedulerCache:
                 if node is not None:
                     self._apply_foreign(self.pods[key], node)
         self.dirty = False
+        for name in self.dra.nodes_with_devices():
+            self.sync_hold(name)
 
     def _node(self, index: int, name: str) -> Node:
         obj = self.nodes[name]

@@ -27,6 +27,8 @@ from scheduler.gang import Gang, GangPlan, plan_gang
 from scheduler.live import allocation, explain, gangs, hostports, interpod, logs, quotas, reservation
 from scheduler.live.binder import Binder, Decision, Events
 from scheduler.live.cache import SchedulerCache
+from scheduler.live.claims import CLAIMS, CLASSES, SLICES, ClaimWriteError, ClaimWriter
+from scheduler.live.dra_unit import DraUnits, UnitClaims
 from scheduler.live.evictor import Evictor
 from scheduler.live.kubeapi import KubeApi, endpoint_from_config
 from scheduler.live.leader import LeaderElector
@@ -43,6 +45,7 @@ log = logging.getLogger("railnet.scheduler")
 TOPOLOGIES = "/apis/railnet.io/v1alpha1/nodetopologies"
 MAX_UNITS_PER_CYCLE = 2000  # let watch events in between long backlogs
 SHORT_GANG_GRACE_S = 2.0  # a gang still being created is not reported as short before this
+DRA_TRIES = 8  # nodes tried for a unit whose claims the core's first choice cannot serve (a constraint)
 
 
 class Scheduler:
@@ -69,6 +72,9 @@ class Scheduler:
         self._short_since: dict[str, float] = {}  # gang -> when it was first seen with too few pods
         self._gang_complete: dict[str, float] = {}  # gang -> when it was first tried with enough pods
         self._anti_held: bool | None = None  # does a placed pod carry anti-affinity (per cycle, lazily)
+        self.dra = DraUnits(cache)
+        self.claim_writer = ClaimWriter(api, cache.dra.class_config)
+        self._claim_pool = _pool(32)  # claim status writes, then the unit's binds
 
     # -- caches ------------------------------------------------------------------------------------------
     def start_caches(self) -> None:
@@ -81,12 +87,16 @@ class Scheduler:
             ("podgroups", PODGROUPS, c.replace_podgroups, c.on_podgroup),
             ("elasticquotas", quotas.ELASTIC_QUOTAS, c.replace_quotas, c.on_quota),
             ("namespaces", "/api/v1/namespaces", c.replace_namespaces, c.on_namespace),
+            ("resourceslices", SLICES, c.replace_slices, c.on_slice),
+            ("resourceclaims", CLAIMS, c.replace_claims, c.on_claim),
+            ("deviceclasses", CLASSES, c.replace_classes, c.on_class),
         ]
         for name, path, replace, on_event in specs:
             # namespaces only serve namespaceSelectors in pod affinity: a deployment without the
             # right to list them still schedules (such selectors then match no namespace)
+            # DRA objects too: without the API or the right to read them, pods without claims still schedule
             reflector = Reflector(self.api, path, replace, on_event, self.stop, name=name,
-                                  optional=name == "namespaces")
+                                  optional=name in ("namespaces", "resourceslices", "resourceclaims", "deviceclasses"))
             reflector.start()
             self.reflectors.append(reflector)
 
@@ -117,6 +127,7 @@ class Scheduler:
             units = gangs.collect(cache.pending(now), cache.pods, cache.podgroups, cache.cluster.allocations,
                                   gang_members=cache.gang_members)
             self.metrics.set("pending", sum(len(u.pods) for u in units))
+            claims = self._resolve_claims(units)
             book = quotas.build(cache, ((u.key, u.pods) for u in units if not u.problem)) if cache.quotas else None
             if book is not None and not self.dry_run:
                 self.quota_status.sync(cache.quotas, book)
@@ -129,12 +140,16 @@ class Scheduler:
                 if failed and failed[0] == cache.freed and failed[1] > now and failed[2] == len(unit.pods):
                     continue
                 done += 1
-                placed = self._schedule(unit, now, book)
+                unit_claims = claims.get(unit.key)
+                placed = self._schedule(unit, now, book, unit_claims)
                 if placed and not self.dry_run:
                     # bind each unit as soon as it is assumed, not after the whole cycle: its calls
                     # are in flight while later units are planned (the workers need no cache lock
                     # until a bind answers)
-                    self.binder.submit_all(placed, gang=unit.gang is not None)
+                    if unit_claims is not None and unit_claims.writes:
+                        self._claim_pool.submit(self._write_claims_then_bind, unit_claims, placed, unit.gang is not None)
+                    else:
+                        self.binder.submit_all(placed, gang=unit.gang is not None)
                 decisions += placed
             if len(self._short_since) + len(self._gang_complete) > len(units):
                 keys = {u.key for u in units}
@@ -142,7 +157,39 @@ class Scheduler:
                 self._gang_complete = {k: v for k, v in self._gang_complete.items() if k in keys}
         return decisions
 
-    def _schedule(self, unit: gangs.Unit, now: float, book: quotas.QuotaBook | None = None) -> list[Decision]:
+    def _resolve_claims(self, units: list[gangs.Unit]) -> dict[str, UnitClaims]:
+        """Each unit's ResourceClaims (dra_unit.py); a unit whose claims cannot be served gets a problem."""
+        out: dict[str, UnitClaims] = {}
+        for unit in units:
+            if unit.problem or not any(p.claims for p in unit.pods):
+                continue
+            found, problem, transient = self.dra.resolve(unit.pods)
+            if found is None:
+                unit.problem, unit.short = problem, transient
+            else:
+                out[unit.key] = found
+        return out
+
+    def _write_claims_then_bind(self, claims: UnitClaims, placed: list[Decision], gang: bool) -> None:
+        """The unit's claims all allocated and reserved, then its binds; a failed write puts every
+        claim back and the pods wait again (claims.py ClaimWriter)."""
+        try:
+            if not self.is_leader():
+                raise ClaimWriteError("lost the lease before writing the claims")
+            self.claim_writer.write_all(claims.writes)
+        except Exception as exc:
+            log.warning("claims not written", extra={"pods": [d.pod.key for d in placed], "error": str(exc)})
+            with self.cache.lock:
+                self.dra.unassume(claims)
+                for d in placed:
+                    self.cache.forget(d.pod.key)
+            for d in placed:
+                self.events.pod(d.pod, "FailedScheduling", f"ResourceClaims not allocated: {exc}")
+            return
+        self.binder.submit_all(placed, gang=gang)
+
+    def _schedule(self, unit: gangs.Unit, now: float, book: quotas.QuotaBook | None = None,
+                  claims: UnitClaims | None = None) -> list[Decision]:
         cache = self.cache
         if unit.problem:
             if unit.short:  # members may still be on their way: say so only once it lasts
@@ -183,6 +230,12 @@ class Scheduler:
                 blocked.update(excluded_by)
                 for k, v in why.items():
                     reasons[k] = max(reasons.get(k, 0), v)
+        if claims is not None:
+            dra_out, dra_why = self.dra.exclude(claims, blocked)
+            blocked.update(dra_out)
+            by_nodes.update(dra_out)
+            for k, v in dra_why.items():
+                reasons[k] = node_reasons[k] = v
         own = set(blocked)  # what the unit's own constraints rule out
         held = self.reservation
         if held is not None and held.key != unit.key and unit.order > held.order:
@@ -192,11 +245,24 @@ class Scheduler:
                 reasons[f"the reservation of {held.key}"] = len(reserved)
                 by_nodes.update(reserved)
                 node_reasons[f"the reservation of {held.key}"] = len(reserved)
-        for index in blocked:
-            view.block(index)
-        why_not: str | None
-        plan, why_not = hostports.plan_gang(view, gang, unit.pods, cache.host_ports_taken, cache.gpu,
-                                            cache.rdma[0] if cache.rdma else "rdma")
+        why_not: str | None = None
+        plan: GangPlan | None = None
+        for _ in range(DRA_TRIES if claims is not None else 1):
+            view = ClusterView(cache.cluster)
+            for index in blocked:
+                view.block(index)
+            if claims is not None:
+                self.dra.mask(view, claims, blocked)
+            plan, why_not = hostports.plan_gang(view, gang, unit.pods, cache.host_ports_taken, cache.gpu,
+                                                cache.rdma[0] if cache.rdma else "rdma")
+            if plan is None or claims is None:
+                break
+            bad = self.dra.assign(claims, plan)
+            if bad is None:
+                break
+            blocked.add(bad[0])  # this node cannot serve the claims as placed: plan again without it
+            reasons[bad[1]] = reasons.get(bad[1], 0) + 1
+            plan = None
         if affinity is not None and len(gang.members) > 1 and affinity.members_interact(unit.pods) and (
                 plan is None or not affinity.consistent(unit.pods, plan)):
             # members must see each other: place them one by one, each against those before it
@@ -204,6 +270,8 @@ class Scheduler:
             for index in by_nodes:
                 view.block(index)
             plan, why_not = affinity.plan_in_turn(view, unit, gang, by_nodes, node_reasons)
+            if plan is not None and claims is not None and (bad := self.dra.assign(claims, plan)) is not None:
+                plan, why_not = None, bad[1]
         self.metrics.observe("decision", time.monotonic() - t0)
         if plan is None:
             rdma = cache.rdma[0] if cache.rdma else "rdma"
@@ -226,6 +294,8 @@ class Scheduler:
                     self._fail(unit, "GangTimeout", f"{message}; gave up after {unit.timeout_s:.0f}s, "
                                "holding no devices, retrying", now)
             return []
+        if claims is not None:
+            self.dra.unmask(view)
         view.commit()
         if self.reservation is not None and self.reservation.key == unit.key:
             log.info("reservation used", extra={"unit": unit.key,
@@ -233,6 +303,8 @@ class Scheduler:
             self.metrics.observe("reservation_wait", now - self.reservation.since)
             self._release_reservation()
         cache.assume(plan.allocations)
+        if claims is not None:
+            self.dra.assume(claims)
         if any(p.terms is not None and p.terms.anti for p in unit.pods):
             self._anti_held = True  # units after this one in the cycle must respect it
         if book is not None:
@@ -334,6 +406,8 @@ class Scheduler:
     def close(self) -> None:
         """Binds in flight finish; queued events and status writes are dropped (a new leader redoes
         what matters), so that exiting never waits on a slow API server for them."""
+        self.binder.pool.shutdown(wait=True)
+        self._claim_pool.shutdown(wait=True)
         self.binder.pool.shutdown(wait=True)
         for pool in self._pools:
             pool.shutdown(wait=False, cancel_futures=True)
