@@ -64,6 +64,13 @@ def test_scheduler_may_do_what_it_uses(cluster: DevCluster, rbac: Any) -> None:
     ok("create", "events", namespace="team-a")
     ok("create", "leases", group="coordination.k8s.io", namespace="kube-system")
     ok("update", "leases", group="coordination.k8s.io", namespace="kube-system", name="railnet-scheduler")
+    # DRA: read slices and classes; allocate claims (finalizer, then allocation + reservedFor in status)
+    for verb in ("list", "watch", "get"):
+        ok(verb, "resourceslices", group="resource.k8s.io")
+        ok(verb, "deviceclasses", group="resource.k8s.io")
+        ok(verb, "resourceclaims", group="resource.k8s.io", namespace="team-a")
+    ok("update", "resourceclaims", group="resource.k8s.io", namespace="team-a")
+    ok("update", "resourceclaims", group="resource.k8s.io", namespace="team-a", subresource="status")
 
 
 def test_scheduler_may_not_do_anything_else(cluster: DevCluster, rbac: Any) -> None:
@@ -90,6 +97,15 @@ def test_scheduler_may_not_do_anything_else(cluster: DevCluster, rbac: Any) -> N
     denied("deletecollection", "pods", namespace="team-a")
     denied("create", "poddisruptionbudgets", group="policy", namespace="team-a")
     denied("delete", "poddisruptionbudgets", group="policy", namespace="team-a")
+    # DRA: it allocates claims; it never makes or removes them, nor writes what drivers and admins own
+    for verb in ("create", "delete", "patch", "deletecollection"):
+        denied(verb, "resourceclaims", group="resource.k8s.io", namespace="team-a")
+    denied("patch", "resourceclaims", group="resource.k8s.io", namespace="team-a", subresource="status")
+    for verb in ("create", "update", "patch", "delete"):
+        denied(verb, "resourceslices", group="resource.k8s.io")
+        denied(verb, "deviceclasses", group="resource.k8s.io")
+        denied(verb, "resourceclaimtemplates", group="resource.k8s.io", namespace="team-a")
+    denied("get", "resourceclaimtemplates", group="resource.k8s.io", namespace="team-a")
 
 
 def test_topology_publisher_creates_updates_and_skips(api_client: client.ApiClient, railnet_crds: Any,
