@@ -26,13 +26,18 @@ Functions:
   own builder), so it is what the agent would publish for that topology.
 - `device_class(name, driver)`: a DeviceClass selecting one driver's devices.
 - `install_device_classes(api)`: the classes `gpu.fixture.railnet.io` and `rdma.railnet.io`.
-- `publish(api, nodes, fixture)`, `delete(api, nodes)`: both slices for many (kwok) nodes, in parallel.
+- `publish(api, nodes, fixture, spec)`, `delete(api, nodes)`: both slices for many (kwok) nodes, in parallel.
+- `shared_roots(spec)`: a variant of a fixture's NodeTopology spec in which GPU/NIC pairs 2k and 2k+1
+  sit under one PCIe root complex (two switches below one root), as on servers where
+  `matchAttribute: resource.kubernetes.io/pcieRoot` does not imply the same switch (KEP-6072's
+  observation). Publish it as the NodeTopology too (`publish_topologies`), so the scheduler sees it.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Iterable
+import copy
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from netmanager.dra import DRIVER as NIC_DRIVER
@@ -46,8 +51,37 @@ CLASSES: Final = "/apis/resource.k8s.io/v1/deviceclasses"
 LABEL: Final = {"app.kubernetes.io/part-of": "railnet", "railnet.io/fixture": "dra"}
 
 
-def topology(node: str, fixture: str = "hgx-h100") -> NodeTopology:
-    return NodeTopology.model_validate({**fixture_spec(fixture), "nodeName": node})
+def topology(node: str, fixture: str = "hgx-h100", spec: Mapping[str, Any] | None = None) -> NodeTopology:
+    return NodeTopology.model_validate({**(spec or fixture_spec(fixture)), "nodeName": node})
+
+
+def shared_roots(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Pairs 2k, 2k+1 (GPUs and NICs by position) moved under one root complex; tiers follow."""
+    out = copy.deepcopy(dict(spec))
+    same_root = 2  # Tier.SAME_ROOT
+    for kind in ("gpus", "nics"):
+        for i in range(1, len(out[kind]), 2):
+            out[kind][i]["rootComplex"] = out[kind][i - 1]["rootComplex"]
+    for i, gpu in enumerate(out["gpus"]):
+        for j, other in enumerate(out["gpus"]):
+            if i != j and gpu["rootComplex"] == other["rootComplex"]:
+                out["gpuGpu"][i][j] = min(out["gpuGpu"][i][j], same_root)
+        for j, nic in enumerate(out["nics"]):
+            if gpu["rootComplex"] == nic["rootComplex"] and gpu.get("pcieSwitch") != nic.get("pcieSwitch"):
+                out["gpuNic"][i][j] = min(out["gpuNic"][i][j], same_root)
+    return out
+
+
+def publish_topologies(api: Requester, nodes: Iterable[str], spec: Mapping[str, Any], workers: int = 8) -> None:
+    """NodeTopology objects from ``spec`` (kwok_topology.publish does the same from a fixture name)."""
+    path = "/apis/railnet.io/v1alpha1/nodetopologies"
+
+    def one(node: str) -> None:
+        _create(api, path, {"apiVersion": "railnet.io/v1alpha1", "kind": "NodeTopology", "metadata": {"name": node},
+                            "spec": {**copy.deepcopy(dict(spec)), "nodeName": node}})
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(one, nodes))
 
 
 def gpu_devices(topo: NodeTopology) -> list[dict[str, Any]]:
@@ -105,11 +139,12 @@ def install_device_classes(api: Requester) -> None:
         _create(api, CLASSES, device_class(name, driver))
 
 
-def publish(api: Requester, nodes: Iterable[str], fixture: str = "hgx-h100", workers: int = 8) -> None:
-    """Create (or replace) the GPU and the NIC slice of each node."""
+def publish(api: Requester, nodes: Iterable[str], fixture: str = "hgx-h100", workers: int = 8,
+            spec: Mapping[str, Any] | None = None) -> None:
+    """Create (or replace) the GPU and the NIC slice of each node (from ``spec`` when given)."""
 
     def one(node: str) -> None:
-        topo = topology(node, fixture)
+        topo = topology(node, fixture, spec)
         _create(api, SLICES, gpu_slice(node, topo))
         _create(api, SLICES, nic_slice(node, topo))
 
