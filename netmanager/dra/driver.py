@@ -23,7 +23,7 @@ from concurrent import futures
 from pathlib import Path
 from typing import Any
 
-from netmanager.dra import DRIVER, slices
+from netmanager.dra import DRIVER, link_state, slices
 from netmanager.dra.attach import ClaimAttachments
 from netmanager.dra.prepare import ClaimStore, PrepareError, Preparer
 from netmanager.topology.discover import discover
@@ -95,9 +95,11 @@ class KubeResources:
         return node["metadata"]["uid"] if node else None
 
 
-def sync_slice(api: Any, node_name: str, topology: NodeTopology, node_uid: str | None) -> str:
-    """Create or update the node's slice; returns "created", "updated" or "unchanged"."""
-    devices = slices.devices(topology)
+def sync_slice(api: Any, node_name: str, topology: NodeTopology, node_uid: str | None,
+               down: dict[str, str] | None = None) -> str:
+    """Create or update the node's slice (`down`: NICs whose link is not up, tainted); returns
+    "created", "updated" or "unchanged"."""
+    devices = slices.devices(topology, down)
     name = slices.slice_name(node_name)
     current = api.get_slice(name)
     if current is None:
@@ -273,11 +275,12 @@ class DraDriver:
                 first = False
                 if node_uid is None:
                     node_uid = self.api.node_uid(self.node_name)
-                outcome = sync_slice(self.api, self.node_name, self.topology(), node_uid)
+                down = link_state.down_nics(self.sysfs, self.topology())
+                outcome = sync_slice(self.api, self.node_name, self.topology(), node_uid, down)
                 if outcome != "unchanged":
                     log.info("ResourceSlice %s", outcome, extra={"fields": {
                         "slice": slices.slice_name(self.node_name),
-                        "devices": len(slices.devices(self.topology()))}})
+                        "devices": len(slices.devices(self.topology())), "link_down": sorted(down)}})
                 wait, delay = self.resync, 1.0
             except Exception as exc:  # the API server or sysfs: log, back off, try again
                 log.warning("cannot publish the ResourceSlice: %s", exc)

@@ -18,6 +18,10 @@ NIC bandwidth is consumable capacity (resource.k8s.io/v1, DRAConsumableCapacity,
 = its speed in bits per second, and `requestPolicy.default` = all of it, so a claim that does not ask
 for bandwidth gets the NIC to itself and claims that do (`capacity.requests`) share it until the sum
 reaches the speed. A NIC whose speed is unknown is allocated whole only.
+
+A NIC whose RDMA port is not up (netmanager.dra.link_state) stays in the slice with the device taint
+`rdma.railnet.io/link-down=<state>:NoSchedule` (device taints, GA in 1.37): no new claim gets it unless
+it tolerates the taint, and claims that already have it are left alone (NoSchedule, not NoExecute).
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ ATTRS: Final = {
     "deviceID": "PCI device id, 0x-hex",
 }
 MAX_DEVICES: Final = 128
+MAX_TAINTED_DEVICES: Final = 64  # the API's limit for a slice in which any device has taints
+LINK_DOWN_TAINT: Final = f"{DRIVER}/link-down"
 HASH_ANNOTATION: Final = f"{DRIVER}/devices-sha256"
 _NAME_RE: Final = re.compile(r"[^a-z0-9]+")
 
@@ -101,8 +107,10 @@ def _attributes(nic: RdmaNic, rail: int | None) -> dict[str, dict[str, Any]]:
     return attrs
 
 
-def devices(topology: NodeTopology) -> list[dict[str, Any]]:
-    """The slice's devices, one per NIC with an RDMA device, in PCI order."""
+def devices(topology: NodeTopology, down: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """The slice's devices, one per NIC with an RDMA device, in PCI order. A NIC in `down` (PCI address
+    -> its RDMA port state) carries the taint `rdma.railnet.io/link-down=<state>:NoSchedule`: no new
+    claim is allocated it (unless it tolerates the taint), claims that have it keep it."""
     rail_of = rails(topology)
     out = []
     for nic in topology.nics:
@@ -114,11 +122,20 @@ def devices(topology: NodeTopology) -> list[dict[str, Any]]:
             full = f"{nic.speed_mbps}M"
             device["allowMultipleAllocations"] = True
             device["capacity"] = {BANDWIDTH: {"value": full, "requestPolicy": {"default": full}}}
+        if down and nic.pci_address in down:
+            device["taints"] = [{"key": LINK_DOWN_TAINT, "value": _taint_value(down[nic.pci_address]),
+                                 "effect": "NoSchedule"}]
         out.append(device)
-    if len(out) > MAX_DEVICES:
-        raise ValueError(f"{len(out)} RDMA devices on {topology.node_name}: a ResourceSlice holds at most "
-                         f"{MAX_DEVICES}")
+    limit = MAX_TAINTED_DEVICES if any("taints" in d for d in out) else MAX_DEVICES
+    if len(out) > limit:
+        raise ValueError(f"{len(out)} RDMA devices on {topology.node_name}: a ResourceSlice holds at most {limit}")
     return out
+
+
+def _taint_value(state: str) -> str:
+    """A label value (what a taint's value must be): `DOWN`, `INIT`, ..."""
+    value = re.sub(r"[^A-Za-z0-9_.-]+", "_", state).strip("_.-")[:63]
+    return value or "unknown"
 
 
 def slice_object(node_name: str, devs: list[dict[str, Any]], generation: int,
