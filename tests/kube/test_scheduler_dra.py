@@ -70,7 +70,7 @@ class DraEnv(Env):
 
 @pytest.fixture
 def env(cluster: DevCluster, namespace: str, railnet_crds: Any, tmp_path: Path, dyn: Any) -> Iterator[DraEnv]:
-    kubeutil.apply(dyn, kubeutil.load([kubeutil.DEPLOY / "scheduler" / "crds" / "podgroups.scheduling.x-k8s.io.yaml"]))
+    kubeutil.apply(dyn, kubeutil.load(sorted((kubeutil.DEPLOY / "scheduler" / "crds").glob("*.yaml"))))
     world = DraEnv(cluster, namespace, tmp_path)
     fixture_gpu.install_device_classes(world.api)
     try:
@@ -241,3 +241,19 @@ def test_claims_allocated_by_kube_scheduler_are_accounted(env: DraEnv) -> None:
     kubeutil.wait_for(lambda: env.bound().get("seven"), WAIT, "seven bound")
     got = {GPU_BUS[bus(env, node, GPU, r["device"])].index for r in results(env.claim_of("seven"))["gpu"]}
     assert len(got) == 7 and kube_gpu.index not in got
+
+
+def test_claim_gpus_count_in_quota_like_extended_resources(env: DraEnv) -> None:
+    env.add_dra_nodes(1)
+    env.template("two", [gpu(2)])
+    quota = {"apiVersion": "scheduling.x-k8s.io/v1alpha1", "kind": "ElasticQuota", "metadata": {"name": "team"},
+             "spec": {"min": {"nvidia.com/gpu": 2}, "max": {"nvidia.com/gpu": 3}}}
+    status, answer = env.api.request("POST", f"/apis/scheduling.x-k8s.io/v1alpha1/namespaces/{env.ns}/elasticquotas", quota)
+    assert status == 201, answer
+    env.start()
+    env.claim_pod("first", "two")
+    kubeutil.wait_for(lambda: env.bound().get("first"), WAIT, "first bound")
+    env.claim_pod("second", "two")  # 2 + 2 > max 3
+    env.wait_event("second", "quota team at max nvidia.com/gpu 3 (used 2, asks 2)")
+    assert "second" not in env.bound()
+    assert not (env.claim_of("second").get("status") or {}).get("allocation")
