@@ -212,6 +212,34 @@ class DraStartError(RuntimeError):
     pass
 
 
+SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+def in_cluster_kubeconfig(env: dict[str, str] | None = None, account: Path = SERVICE_ACCOUNT) -> Path:
+    """A kubeconfig (in a new private temp dir) for this pod's service account at the API server's
+    service address from the environment: no DNS, which on a node whose CNI is not up yet may not
+    answer. The token is read from its file by the clients."""
+    env = dict(os.environ) if env is None else env
+    host, port = env.get("KUBERNETES_SERVICE_HOST", ""), env.get("KUBERNETES_SERVICE_PORT", "")
+    if not host or not port.isdigit():
+        raise ValueError("--in-cluster needs KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT (set in every pod)")
+    for name in ("token", "ca.crt"):
+        if not (account / name).is_file():
+            raise ValueError(f"--in-cluster: {account / name} is missing (automountServiceAccountToken off?)")
+    server = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+    config = {"apiVersion": "v1", "kind": "Config", "current-context": "in-cluster",
+              "clusters": [{"name": "in-cluster", "cluster": {"server": server,
+                                                              "certificate-authority": str(account / "ca.crt")}}],
+              "users": [{"name": "sa", "user": {"tokenFile": str(account / "token")}}],
+              "contexts": [{"name": "in-cluster", "context": {"cluster": "in-cluster", "user": "sa"}}]}
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="railnet-agent-")) / "kubeconfig"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    path.chmod(0o600)
+    return path
+
+
 def _dra_driver(args: argparse.Namespace) -> Any:
     """The DRA driver (not started) when --dra-driver is given; DraStartError says why it cannot be."""
     if not args.dra_driver:
@@ -236,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sysfs", type=Path, default=Path(os.environ.get("RAILNET_SYSFS_ROOT", "/sys")))
     parser.add_argument("--kubeconfig", type=Path, default=os.environ.get("RAILNET_KUBECONFIG") or None,
                         help="take named pools from the cluster's IPPool objects (default: the pools dir)")
+    parser.add_argument("--in-cluster", action="store_true",
+                        help="instead of --kubeconfig: this pod's service account, at the API server's service "
+                             "address (KUBERNETES_SERVICE_HOST/PORT), without DNS")
     parser.add_argument("--node-name", default=os.environ.get("NODE_NAME", ""),
                         help="this node's name in the cluster (env NODE_NAME); needed with --kubeconfig")
     parser.add_argument("--block-grace", type=float, default=30.0,
@@ -294,6 +325,12 @@ def main(argv: list[str] | None = None) -> int:
     handler.setFormatter(JsonLogFormatter())
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
 
+    if args.in_cluster:
+        try:
+            args.kubeconfig = in_cluster_kubeconfig()
+        except ValueError as exc:
+            print(f"railnet agent: {exc}", file=sys.stderr)
+            return 2
     if args.kubeconfig is not None and not args.node_name:
         print("railnet agent: --kubeconfig needs --node-name (or NODE_NAME)", file=sys.stderr)
         return 2

@@ -32,13 +32,18 @@ def _setns(fd: int) -> None:
         raise NetnsError(err, f"setns failed: {os.strerror(err)}")
 
 
+# In a container /proc/sys is read-only; the DaemonSet mounts the host's /proc/sys elsewhere, writable, and
+# names it here. net.* entries resolve in the writing thread's namespace whichever mount they are opened by.
+PROC_SYS_NET = os.environ.get("RAILNET_PROC_SYS", "/proc/sys").rstrip("/") + "/net/"
+
+
 def sysctl_path(*parts: str) -> str:
     """/proc/sys/net/<parts...>: each part is one path component, so an interface name with dots
     (net1.100) stays one component, and a key from a config can never climb out with '..' or '/'."""
     for part in parts:
         if not part or part in (".", "..") or "/" in part or "\0" in part:
             raise ValueError(f"invalid sysctl path component {part!r}")
-    return "/proc/sys/net/" + "/".join(parts)
+    return PROC_SYS_NET + "/".join(parts)
 
 
 @contextmanager

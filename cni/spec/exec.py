@@ -20,6 +20,11 @@ from typing import Any, Protocol
 from cni.spec.errors import DELEGATE_FAILED, INVALID_CONFIG, CniError
 
 _BARE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# The agent in a container (the DaemonSet) mounts the host's root here and runs delegates chrooted into
+# it, as Multus's thick plugin does: the primary's plugin then sees the host exactly as under a runtime
+# (its data dirs, its kubeconfig, iptables). CNI_PATH stays in host paths.
+HOST_ROOT = os.environ.get("RAILNET_HOST_ROOT", "").rstrip("/")
+CHROOT = "/usr/sbin/chroot"
 
 
 def require_bare_name(plugin_type: str) -> str:
@@ -37,7 +42,7 @@ def find_plugin(plugin_type: str, cni_path: list[str]) -> str:
         if not os.path.isabs(directory):
             continue  # a relative CNI_PATH entry would resolve against the agent's cwd
         candidate = os.path.join(directory, plugin_type)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+        if os.path.isfile(HOST_ROOT + candidate) and os.access(HOST_ROOT + candidate, os.X_OK):
             return candidate
     raise CniError(INVALID_CONFIG, f"CNI plugin {plugin_type!r} not found",
                    f"looked in CNI_PATH={':'.join(cni_path) or '(empty)'}")
@@ -60,7 +65,8 @@ def exec_plugin(plugin_type: str, command: str, config: dict[str, Any], env: dic
     child_env["CNI_COMMAND"] = command
     child_env.setdefault("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
     try:
-        proc = subprocess.run([binary], input=json.dumps(config).encode(), env=child_env,
+        argv = [CHROOT, HOST_ROOT, binary] if HOST_ROOT else [binary]
+        proc = subprocess.run(argv, input=json.dumps(config).encode(), env=child_env,
                               capture_output=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         raise CniError(DELEGATE_FAILED, f"delegate plugin {plugin_type} timed out after {timeout:.0f}s") from None

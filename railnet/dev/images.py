@@ -99,14 +99,15 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_oci_archive(layer_tar: Path, ref: str, out: Path, config: dict[str, Any]) -> Path:
-    """One uncompressed layer + config + manifest + index, as an OCI image-layout tar `ctr` imports."""
-    layer_digest = _sha256_file(layer_tar)
+def write_oci_archive(layer_tar: Path | list[Path], ref: str, out: Path, config: dict[str, Any]) -> Path:
+    """Uncompressed layers (bottom first) + config + manifest + index, as an OCI image-layout tar `ctr` imports."""
+    layers = [layer_tar] if isinstance(layer_tar, Path) else list(layer_tar)
+    digests = [_sha256_file(layer) for layer in layers]
     image_config = {
         "architecture": "amd64",
         "os": "linux",
         "config": config,
-        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_digest}"]},
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{d}" for d in digests]},
     }
     config_blob = json.dumps(image_config, sort_keys=True).encode()
     manifest = {
@@ -115,7 +116,7 @@ def write_oci_archive(layer_tar: Path, ref: str, out: Path, config: dict[str, An
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
                    "digest": f"sha256:{hashlib.sha256(config_blob).hexdigest()}", "size": len(config_blob)},
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": f"sha256:{layer_digest}", "size": layer_tar.stat().st_size}],
+                    "digest": f"sha256:{d}", "size": layer.stat().st_size} for d, layer in zip(digests, layers, strict=True)],
     }
     manifest_blob = json.dumps(manifest, sort_keys=True).encode()
     index = {
@@ -140,7 +141,8 @@ def write_oci_archive(layer_tar: Path, ref: str, out: Path, config: dict[str, An
         add_bytes("index.json", json.dumps(index).encode())
         add_bytes(f"blobs/sha256/{hashlib.sha256(config_blob).hexdigest()}", config_blob)
         add_bytes(f"blobs/sha256/{hashlib.sha256(manifest_blob).hexdigest()}", manifest_blob)
-        tar.add(layer_tar, arcname=f"blobs/sha256/{layer_digest}")
+        for digest, layer in dict(zip(digests, layers, strict=True)).items():  # a layer twice is one blob
+            tar.add(layer, arcname=f"blobs/sha256/{digest}")
     os.replace(tmp, out)
     return out
 
