@@ -136,7 +136,7 @@ def controller(real_node: RealNode, tmp_path_factory: pytest.TempPathFactory) ->
                 proc.kill()
             proc.wait(10)
             print("--- railnet controller, last lines:", *(tmp / "controller.log").read_text(
-                errors="replace").splitlines()[-20:], sep="\n")
+                errors="replace").splitlines()[-40:], sep="\n")
         if real_node.cluster.state():
             real_node.kubectl("-n", "kube-system", "delete", "lease", "railnet-controller", "--ignore-not-found",
                               check=False)
@@ -222,8 +222,8 @@ def _env(pod: JSON, container: str) -> dict[str, str]:
 class World:
     """One test's namespace: the job, its pods, logs and the machine."""
 
-    def __init__(self, rn: RealNode, ns: str) -> None:
-        self.rn, self.ns = rn, ns
+    def __init__(self, rn: RealNode, ns: str, ctl: Controller) -> None:
+        self.rn, self.ns, self.ctl = rn, ns, ctl
         self.api = KubeApi(endpoint_from_config(str(rn.cluster.kubeconfig)), user_agent="railnet-tests")
 
     def pods(self) -> dict[str, JSON]:
@@ -249,12 +249,36 @@ class World:
         return text if code == 200 and isinstance(text, str) else ""
 
     def wait_log(self, pod: str, needle: str, timeout: float = 120) -> str:
-        return wait_for(lambda: t if needle in (t := self.log(pod)) else None, timeout, f"{needle!r} in {pod}'s log",
-                        interval=0.3)
+        try:
+            return wait_for(lambda: t if needle in (t := self.log(pod)) else None, timeout,
+                            f"{needle!r} in {pod}'s log", interval=0.3)
+        except AssertionError as exc:
+            code, text = self.api.request("GET", f"/api/v1/namespaces/{self.ns}/pods/{pod}/log")
+            raise AssertionError(f"{exc}\nlog (HTTP {code}): {str(text)[-2000:]}\n{self.diagnose([])}") from None
 
     def result(self, pod: str) -> JSON:
-        line = next(ln for ln in self.log(pod).splitlines() if ln.startswith("RESULT "))
+        text = self.wait_log(pod, "\nRESULT ", timeout=30)  # a log read through the kubelet can fail once
+        line = next(ln for ln in text.splitlines() if ln.startswith("RESULT "))
         return json.loads(line[len("RESULT "):])  # type: ignore[no-any-return]
+
+    def replaced(self, name: str, old_uid: str, pods: list[str]) -> JSON:
+        def probe() -> JSON | None:
+            p = self.pods().get(name)
+            return p if p and p["metadata"]["uid"] != old_uid else None
+
+        try:
+            return wait_for(probe, 120, f"{name} replaced", interval=0.3)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.diagnose(pods)}") from None
+
+    def diagnose(self, pods: list[str]) -> str:
+        """What a failure message needs: pod phases and exits, events, the controller's warnings, logs."""
+        states = {n: ((p.get("status") or {}).get("phase"), p["metadata"]["uid"][:8],
+                      [cs.get("state") for cs in (p.get("status") or {}).get("containerStatuses") or []])
+                  for n, p in self.pods().items()}
+        warnings = [ln for ln in self.ctl.text().splitlines() if '"level": "info"' not in ln][-15:]
+        return (f"pods: {json.dumps(states)[:3000]}\nevents: {self.events()[-20:]}\n"
+                f"controller: {chr(10).join(warnings)}\n{self._logs(pods)}")
 
     def job(self, group: str, kind: str, name: str) -> JSON:
         return self.api.get(api.resource_path(group, api.FRAMEWORKS[kind].plural, self.ns, name))  # type: ignore[no-any-return]
@@ -264,13 +288,13 @@ class World:
             job = self.job(group, kind, name)
             conds = {c["type"]: c for c in (job.get("status") or {}).get("conditions") or [] if c["status"] == "True"}
             if "Failed" in conds and cond != "Failed":
-                raise AssertionError(f"{kind} {name} failed: {conds['Failed']}\n" + self._logs(pods))
+                raise AssertionError(f"{kind} {name} failed: {conds['Failed']}\n" + self.diagnose(pods))
             return job if cond in conds else None
 
         try:
             return wait_for(probe, JOB_WAIT, f"{kind} {name} {cond}", interval=0.5)
         except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{self._logs(pods)}") from None
+            raise AssertionError(f"{exc}\n{self.diagnose(pods)}") from None
 
     def _logs(self, pods: list[str]) -> str:
         return "\n".join(f"--- {p}:\n{self.log(p)[-1500:]}" for p in pods)
@@ -357,7 +381,7 @@ def test_host_network_tfjob_survives_a_killed_worker(real_node: RealNode, ns: st
     restartPolicy is Never, so the pod fails as a whole and the controller replaces it, on a new port
     (under OnFailure the kubelet would restart the container in place, on the same port)."""
     t0 = time.monotonic()
-    w = World(real_node, ns)
+    w = World(real_node, ns, controller)
     w.programs()
     span, holes, held = _range(27300, 16, 5)
     w.daemon(held)
@@ -385,11 +409,7 @@ def test_host_network_tfjob_survives_a_killed_worker(real_node: RealNode, ns: st
         old = before["tf-worker-1"]
         os.kill(w.main_pid(old, "tensorflow"), signal.SIGKILL)
 
-        def replaced() -> JSON | None:
-            p = w.pods().get("tf-worker-1")
-            return p if p and p["metadata"]["uid"] != old["metadata"]["uid"] else None
-
-        new = wait_for(replaced, 120, "tf-worker-1 replaced", interval=0.3)
+        new = w.replaced("tf-worker-1", old["metadata"]["uid"], names)
         new_port = _host_port(new)
         assert new_port != port["tf-worker-1"] and new_port in holes, (new_port, port, holes)
         assert new_port not in (port["tf-ps-0"], port["tf-worker-0"])
@@ -446,7 +466,7 @@ def test_host_network_pytorchjob_survives_a_deleted_worker(real_node: RealNode, 
     pod (a drain or eviction). Under OnFailure a killed process would be restarted in place by the
     kubelet on the same port; a pod that is gone is replaced by the controller, on a new port."""
     t0 = time.monotonic()
-    w = World(real_node, ns)
+    w = World(real_node, ns, controller)
     w.programs()
     span, holes, held = _range(27400, 16, 5)
     w.daemon(held)
@@ -472,11 +492,7 @@ def test_host_network_pytorchjob_survives_a_deleted_worker(real_node: RealNode, 
         old = before["pt-worker-1"]
         real_node.core.delete_namespaced_pod("pt-worker-1", ns)
 
-        def replaced() -> JSON | None:
-            p = w.pods().get("pt-worker-1")
-            return p if p and p["metadata"]["uid"] != old["metadata"]["uid"] else None
-
-        new = wait_for(replaced, 120, "pt-worker-1 replaced", interval=0.3)
+        new = w.replaced("pt-worker-1", old["metadata"]["uid"], names)
         new_port = _host_port(new)
         assert new_port != port["pt-worker-1"] and new_port in holes, (new_port, port, holes)
         assert new_port not in (port["pt-master-0"], port["pt-worker-0"])

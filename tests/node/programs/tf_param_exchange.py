@@ -32,8 +32,14 @@ DIM = 4
 CONNECT_S = 120.0
 
 
+_OUT = threading.Lock()
+
+
 def say(*parts: object) -> None:
-    print(*parts, flush=True)
+    """One whole line per call: handler threads print concurrently, and print() writes the newline apart."""
+    with _OUT:
+        sys.stdout.write(" ".join(map(str, parts)) + "\n")
+        sys.stdout.flush()
 
 
 def grad(worker: int, rnd: int) -> list[int]:

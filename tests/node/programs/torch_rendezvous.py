@@ -27,8 +27,14 @@ PAUSE = float(os.environ.get("ROUND_PAUSE", "0.3"))
 WAIT_S = 180.0
 
 
+_OUT = threading.Lock()
+
+
 def say(*parts: object) -> None:
-    print(*parts, flush=True)
+    """One whole line per call: handler threads print concurrently, and print() writes the newline apart."""
+    with _OUT:
+        sys.stdout.write(" ".join(map(str, parts)) + "\n")
+        sys.stdout.flush()
 
 
 def value(rank: int, rnd: int) -> int:
