@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import KeysView, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,11 +47,13 @@ class DraState:
         self.device_node: dict[DeviceKey, str] = {}
         self._nodes: dict[str, NodeDevices] = {}
         self._shapes: list[NodeDevices] | None = None
+        self._by_node: dict[str, set[str]] = {}  # node -> its slices' names
 
     # -- watch events: each returns the node names whose held devices may have changed ------------------
     def replace_slices(self, items: list[JSON]) -> set[str]:
         touched = {node for node, _ in self.slices.values()}
         self.slices.clear()
+        self._by_node.clear()
         for item in items:
             touched |= self.on_slice("ADDED", item)
         return touched
@@ -60,11 +62,16 @@ class DraState:
         name = obj["metadata"]["name"]
         old = self.slices.pop(name, None)
         touched = {old[0]} if old else set()
+        if old:
+            self._by_node.get(old[0], set()).discard(name)
+            if not self._by_node.get(old[0]):
+                self._by_node.pop(old[0], None)
         if kind != "DELETED":
             devices = parse_slice(obj)
             node = (obj.get("spec") or {}).get("nodeName") or ""
             if node:  # only node-local slices: railnet places on nodes
                 self.slices[name] = (node, devices)
+                self._by_node.setdefault(node, set()).add(name)
                 for d in devices:
                     self.device_node[d.key] = node
                 touched.add(node)
@@ -129,12 +136,12 @@ class DraState:
     def node(self, name: str, topology: Mapping[str, Any] | None) -> NodeDevices:
         found = self._nodes.get(name)
         if found is None:
-            devices = [d for node, devs in self.slices.values() if node == name for d in devs]
+            devices = [d for s in sorted(self._by_node.get(name, ())) for d in self.slices[s][1]]
             found = self._nodes[name] = node_devices(name, devices, topology)
         return found
 
-    def nodes_with_devices(self) -> set[str]:
-        return {node for node, _ in self.slices.values()}
+    def nodes_with_devices(self) -> KeysView[str]:
+        return self._by_node.keys()
 
     def shapes(self, topologies: Mapping[str, Mapping[str, Any]]) -> list[NodeDevices]:
         """One node per distinct device shape."""

@@ -143,20 +143,26 @@ class DraUnits:
 
     def mask(self, view: ClusterView, unit: UnitClaims, blocked: set[int]) -> None:
         dra = self.cache.dra
+        want_gpus = any(pc.demand.gpus for pc in unit.pods.values())
+        want_nics = any(pc.demand.nics for pc in unit.pods.values())
+        if not want_gpus and not want_nics:
+            return
+        by_shape: dict[str, tuple[int, int]] = {}  # what the unit accepts, per node shape
         for node in self.cache.cluster.nodes:
             if node.index in blocked:
                 continue
             nd = self.node_devices(node.name)
-            gpus = nics = 0
-            for pc in unit.pods.values():
-                g, n = dra.matcher.masks(pc.demand, dra.classes, nd)
-                if pc.demand.gpus:
-                    gpus |= g
-                if pc.demand.nics:
-                    nics |= n
+            accepted = by_shape.get(nd.shape)
+            if accepted is None:
+                gpus = nics = 0
+                for pc in unit.pods.values():
+                    g, n = dra.matcher.masks(pc.demand, dra.classes, nd)
+                    gpus |= g if pc.demand.gpus else 0
+                    nics |= n if pc.demand.nics else 0
+                accepted = by_shape[nd.shape] = (gpus, nics)
             live = view.node(node.index)
-            bad_gpus = live.whole_free & ~gpus if any(pc.demand.gpus for pc in unit.pods.values()) else 0
-            bad_nics = live.nic_free & ~nics if any(pc.demand.nics for pc in unit.pods.values()) else 0
+            bad_gpus = live.whole_free & ~accepted[0] if want_gpus else 0
+            bad_nics = live.nic_free & ~accepted[1] if want_nics else 0
             if bad_gpus or bad_nics:
                 view.reserve(Allocation(MASK + node.name, node.index, 0, 0, tuple(bits(bad_gpus)),
                                         MILLI if bad_gpus else 0, tuple(bits(bad_nics))))
