@@ -10,8 +10,11 @@ import urllib.request
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import pytest
+import yaml
 from kubernetes.dynamic import DynamicClient
 
 from railnet.dev.devcluster import DevCluster
@@ -19,6 +22,8 @@ from tests.kube import kubeutil
 from tests.unit.chart_support import render
 
 FIRST = ("CustomResourceDefinition", "Namespace")  # applied for real first: the rest may use them
+RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+              "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
 
 
 def render_into(namespace: str, *args: str) -> list[dict[str, Any]]:
@@ -105,3 +110,46 @@ class TokenApi:
 
     def merge_patch(self, path: str, body: Any) -> tuple[int, Any]:
         return self.request("PATCH", path, body, "application/merge-patch+json")
+
+
+@pytest.fixture(scope="module")
+def chart_ns(cluster: DevCluster, dyn: DynamicClient) -> Iterator[str]:
+    """A namespace with the chart's ServiceAccounts, roles and the own-node policy installed (module-wide)."""
+    ns = unique_namespace()
+    with installed(cluster, dyn, render_into(ns), RBAC_KINDS):
+        yield ns
+
+
+def node_bound_token(cluster: DevCluster, ns: str, node: str) -> str:
+    """A token of railnet-node bound to a pod on `node`: what the DaemonSet's pod on that node holds."""
+    api = cluster.api()
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"agent-{node}", "namespace": ns},
+           "spec": {"serviceAccountName": "railnet-node", "nodeName": node,
+                    "containers": [{"name": "agent", "image": "railnet.local/none"}]}}
+    status, created = api.request("POST", f"/api/v1/namespaces/{ns}/pods", pod)
+    assert status == 201, created
+    body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 3600, "boundObjectRef": {"apiVersion": "v1", "kind": "Pod",
+                                                                    "name": pod["metadata"]["name"],
+                                                                    "uid": created["metadata"]["uid"]}}}
+    status, answer = api.request("POST", f"/api/v1/namespaces/{ns}/serviceaccounts/railnet-node/token", body)
+    assert status == 201, answer
+    return str(answer["status"]["token"])
+
+
+def sa_token(cluster: DevCluster, ns: str, account: str) -> str:
+    """A token of a ServiceAccount bound to no object (as a Deployment's pod would hold, minus the pod)."""
+    status, answer = cluster.api().request(
+        "POST", f"/api/v1/namespaces/{ns}/serviceaccounts/{account}/token",
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}})
+    assert status == 201, answer
+    return str(answer["status"]["token"])
+
+
+def token_kubeconfig(cluster: DevCluster, token: str, path: Path) -> Path:
+    """The dev cluster's kubeconfig with its user replaced by `token`: a component's own identity."""
+    config = yaml.safe_load(cluster.kubeconfig.read_text())
+    for user in config["users"]:
+        user["user"] = {"token": token}
+    path.write_text(yaml.safe_dump(config))
+    return path

@@ -5,26 +5,15 @@ ValidatingAdmissionPolicy checks the node its token is bound to (real requests w
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from kubernetes.dynamic import DynamicClient
 
 from railnet.dev.devcluster import DevCluster
 from tests.kube import kubeutil
-from tests.kube.chart_kube import TokenApi, allowed, installed, render_into, sa_user, unique_namespace
+from tests.kube.chart_kube import TokenApi, allowed, chart_ns, node_bound_token, sa_user
 
-RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
-              "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
-COMPONENTS = ("node", "controller", "scheduler", "ipam")
-
-
-@pytest.fixture(scope="module")
-def chart_ns(cluster: DevCluster, dyn: DynamicClient) -> Iterator[str]:
-    ns = unique_namespace()
-    with installed(cluster, dyn, render_into(ns), RBAC_KINDS):
-        yield ns
+__all__ = ["chart_ns"]  # fixture
 
 
 def check(cluster: DevCluster, ns: str, component: str, want: bool, cases: list[tuple[Any, ...]]) -> None:
@@ -141,23 +130,6 @@ def test_ipam_controller_may_do_what_it_uses_and_no_more(cluster: DevCluster, ch
 
 
 # ----------------------------------------------------------------------------------- own node only (VAP)
-
-
-def node_bound_token(cluster: DevCluster, ns: str, node: str) -> str:
-    """A token of railnet-node bound to a pod on `node`: what the DaemonSet's pod on that node holds."""
-    api = cluster.api()
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"agent-{node}", "namespace": ns},
-           "spec": {"serviceAccountName": "railnet-node", "nodeName": node,
-                    "containers": [{"name": "agent", "image": "railnet.local/none"}]}}
-    status, created = api.request("POST", f"/api/v1/namespaces/{ns}/pods", pod)
-    assert status == 201, created
-    body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-            "spec": {"expirationSeconds": 3600, "boundObjectRef": {"apiVersion": "v1", "kind": "Pod",
-                                                                    "name": pod["metadata"]["name"],
-                                                                    "uid": created["metadata"]["uid"]}}}
-    status, answer = api.request("POST", f"/api/v1/namespaces/{ns}/serviceaccounts/railnet-node/token", body)
-    assert status == 201, answer
-    return str(answer["status"]["token"])
 
 
 def test_node_agent_writes_only_its_own_node(cluster: DevCluster, dyn: DynamicClient, chart_ns: str,
