@@ -18,6 +18,9 @@ import pytest
 
 from railnet.dev import fixture_gpu
 from railnet.dev.devcluster import DevCluster
+from scheduler.dra.api import Result, parse_claim
+from scheduler.live.claims import FINALIZER, ClaimWriteError, ClaimWriter, Write
+from scheduler.live.kubeapi import KubeApi, endpoint_from_config
 from scheduler.live.objects import POD_GROUP_LABEL
 from tests.kube import kubeutil
 from tests.kube.test_scheduler_live import WAIT, Env
@@ -257,3 +260,26 @@ def test_claim_gpus_count_in_quota_like_extended_resources(env: DraEnv) -> None:
     env.wait_event("second", "quota team at max nvidia.com/gpu 3 (used 2, asks 2)")
     assert "second" not in env.bound()
     assert not (env.claim_of("second").get("status") or {}).get("allocation")
+
+
+def test_a_failed_claim_write_puts_back_the_claims_written_before_it(env: DraEnv) -> None:
+    """ClaimWriter against the real API server: the second of two claims cannot be written (someone
+    changed it since it was read), so the first loses its allocation, reservation and finalizer."""
+    api = KubeApi(endpoint_from_config(str(env.cluster.kubeconfig)))
+    spec = {"devices": {"requests": [gpu()]}}
+    for name in ("c1", "c2"):
+        body = {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim", "metadata": {"name": name}, "spec": spec}
+        assert env.api.request("POST", f"{RES}/namespaces/{env.ns}/resourceclaims", body)[0] == 201
+    c1, c2 = (parse_claim(env.api.get(f"{RES}/namespaces/{env.ns}/resourceclaims/{n}")) for n in ("c1", "c2"))
+    changed = env.api.get(f"{RES}/namespaces/{env.ns}/resourceclaims/c2")
+    changed["metadata"]["labels"] = {"touched": "yes"}
+    assert env.api.request("PUT", f"{RES}/namespaces/{env.ns}/resourceclaims/c2", changed)[0] == 200
+    writes = [Write(c, (Result("gpu", GPU, "node-x", f"gpu-{i}"),), "node-x", "pod-x", f"uid-{i}")
+              for i, c in enumerate((c1, c2))]
+    with pytest.raises(ClaimWriteError, match="c2"):
+        ClaimWriter(api, {}).write_all(writes)
+    for name in ("c1", "c2"):
+        claim = env.api.get(f"{RES}/namespaces/{env.ns}/resourceclaims/{name}")
+        assert not (claim.get("status") or {}).get("allocation"), name
+        assert not (claim.get("status") or {}).get("reservedFor"), name
+        assert FINALIZER not in (claim["metadata"].get("finalizers") or []), name
