@@ -166,3 +166,13 @@ def test_values_table_documents_every_value() -> None:
 
     missing = [k for k in leaves("", values) if f"`{k}`" not in doc]
     assert not missing, f"docs/install.md's values table lacks {missing}"
+
+
+def test_node_metrics_service_reaches_the_agent() -> None:
+    docs = render()
+    ds = by_kind(docs, "DaemonSet")["railnet-node"]
+    (agent,) = [c for c in ds["spec"]["template"]["spec"]["containers"] if c["name"] == "agent"]
+    svc = by_kind(docs, "Service")["railnet-node-metrics"]
+    assert svc["spec"]["selector"] == ds["spec"]["selector"]["matchLabels"]
+    assert f"--metrics-port={svc['spec']['ports'][0]['targetPort']}" in agent["args"]
+    assert ds["spec"]["template"]["spec"]["serviceAccountName"] == "railnet-node"
