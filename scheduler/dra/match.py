@@ -176,6 +176,9 @@ class Matcher:
                     pool.remove(pick)
                     pos = nd.position(need.kind, pick)
                     assert pos is not None
+                    if ledger.used(nd.devices[pos].key):  # the core's view lags the claims: never hand it out twice
+                        raise Unsatisfiable(f"claim {claim.name}, request {request.name}: device "
+                                            f"{nd.devices[pos].name} on {nd.name} is held by another claim")
                     result = _result(request, nd.devices[pos])
                 else:
                     result = self._extra(need, nd, ok, ledger, tentative + mine, [r for r in mine])

@@ -546,6 +546,13 @@ class SchedulerCache:
             self.assumed[alloc.pod] = (self.cluster.nodes[alloc.node].name, alloc)
             self.backoff.pop(alloc.pod, None)
 
+    def _release_pod(self, key: str) -> None:
+        """Give a pod's devices back, except what its claims still hold (they stay allocated)."""
+        alloc = self.cluster.release(key)
+        pod = self.pods.get(key)
+        if pod is not None and pod.claims:
+            self.sync_hold(self.cluster.nodes[alloc.node].name)
+
     def finish_binding(self, key: str) -> None:
         """The bind succeeded; the assumption now waits for the watch to confirm it (``expire_assumed``)."""
         with self.lock:
@@ -564,7 +571,7 @@ class SchedulerCache:
                     del self.bound_at[key]
                     self.assumed.pop(key)
                     if key in self.cluster.allocations:
-                        self.cluster.release(key)
+                        self._release_pod(key)
                     expired.append(key)
             if expired:
                 self._bump(freed=True)
@@ -576,7 +583,7 @@ class SchedulerCache:
             if key in self.assumed:
                 self.assumed.pop(key)
                 if key in self.cluster.allocations:
-                    self.cluster.release(key)
+                    self._release_pod(key)
             self.backoff[key] = time.monotonic() + retry_after
             self._bump(freed=True)
 

@@ -91,13 +91,22 @@ def test_shares_fill_the_nic_nearest_the_gpu_then_stop() -> None:
     d = m.demand([one], CLASSES, [nd])
     first = m.assign(d, CLASSES, nd, (5,), (), (), ledger, [])["a"]
     assert first[1].device == "nic-0000-bc-00-0"  # GPU 5's switch NIC
-    ledger.set("a", first)
+    ledger.set("a", first[1:])  # the share only: the test reuses GPU 5
     second = m.assign(d, CLASSES, nd, (5,), (), (), ledger, [])["a"]
     assert second[1].device == "nic-0000-bc-00-0" and second[1].share_id != first[1].share_id
-    ledger.set("b", second)
+    ledger.set("b", second[1:])
     third = m.assign(d, CLASSES, nd, (5,), (), (), ledger, [])["a"]
     assert third[1].device != "nic-0000-bc-00-0"  # full: the next nearest NIC
     nic5 = next(x for x in nd.devices if x.name == "nic-0000-bc-00-0")
     assert ledger.remaining(nic5) == {BW: 0}
     ledger.set("a", None)
     assert ledger.remaining(nic5) == {BW: 200 * 10**9}
+
+
+def test_a_device_another_claim_holds_is_never_handed_out_again() -> None:
+    m, nd = Matcher(), node()
+    d = m.demand([claim([GPU_REQ])], CLASSES, [nd])
+    ledger = Ledger()
+    ledger.set("other", m.assign(d, CLASSES, nd, (3,), (), (), Ledger(), [])["u1"])
+    with pytest.raises(Unsatisfiable, match="gpu-3 on n1 is held by another claim"):
+        m.assign(d, CLASSES, nd, (3,), (), (), ledger, [])
