@@ -1,4 +1,5 @@
-"""Build the pinned command-line tools the tests need beside the Kubernetes binaries (today: helm).
+"""Build the pinned command-line tools the tests need beside the Kubernetes binaries (helm), and fetch the
+few files they need from other projects' modules (the ServiceMonitor CRD).
 
     python -m railnet.dev.tools build     # build what is missing (no-op when built); `make test` runs it
     python -m railnet.dev.tools path      # print the directory
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,6 +39,12 @@ HELM: Final = Component(
     ldflags=(f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}",),
 )
 TOOLS: Final = (HELM,)
+# Only a file: the ServiceMonitor CRD, so tests can check the chart's ServiceMonitor against its real schema
+# (the chart does not install it). From the operator's module, as peers.py takes CRDs from theirs.
+PROMETHEUS_OPERATOR: Final = Component(
+    "prometheus-operator", "github.com/prometheus-operator/prometheus-operator", "v0.85.0", (),
+    assets=("example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml",),
+)
 
 
 def cache_root() -> Path:
@@ -113,12 +121,43 @@ def build_tool(comp: Component, log: Log = k8sbin._say) -> Path:
     return directory
 
 
+def asset(comp: Component, rel: str) -> Path:
+    return tool_dir(comp) / Path(rel).name
+
+
+def servicemonitor_crd() -> Path:
+    """The ServiceMonitor CRD file; BuildError with what to run when it has not been fetched."""
+    path = asset(PROMETHEUS_OPERATOR, PROMETHEUS_OPERATOR.assets[0])
+    if not path.is_file():
+        raise BuildError(f"{path} is missing: run `python -m railnet.dev.tools build`")
+    return path
+
+
+def fetch_assets(comp: Component, log: Log = k8sbin._say) -> None:
+    """Copy `comp.assets` out of its module (downloaded through the Go module proxy) into its directory."""
+    directory = tool_dir(comp)
+    if all(asset(comp, a).is_file() for a in comp.assets):
+        return
+    with k8sbin._locked(directory, log):
+        k8sbin.check_go()
+        log(f"==> {comp.module}@{comp.version}: {', '.join(Path(a).name for a in comp.assets)}")
+        info = json.loads(k8sbin._go(["mod", "download", "-json", f"{comp.module}@{comp.version}"], cwd=directory))
+        for rel in comp.assets:
+            src = Path(info["Dir"]) / rel
+            if not src.is_file():
+                raise BuildError(f"{comp.module}@{comp.version} has no {rel}")
+            tmp = directory / f".{src.name}.tmp"
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, asset(comp, rel))
+
+
 def build(log: Log = k8sbin._say) -> None:
     for comp in TOOLS:
         if is_missing(comp):
             build_tool(comp, log)
         else:
             log(f"==> {comp.name} {comp.version} up to date in {tool_dir(comp)}")
+    fetch_assets(PROMETHEUS_OPERATOR, log)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,7 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         for comp in TOOLS:
             print(f"{comp.name:8} {comp.module}@{comp.version}  {'missing' if comp.name in absent else 'built'}"
                   f"  {tool_dir(comp)}")
-        return 1 if absent else 0
+        crd = asset(PROMETHEUS_OPERATOR, PROMETHEUS_OPERATOR.assets[0])
+        print(f"{'servicemonitor CRD':8} {PROMETHEUS_OPERATOR.module}@{PROMETHEUS_OPERATOR.version}  "
+              f"{'fetched' if crd.is_file() else 'missing'}  {crd}")
+        return 1 if absent or not crd.is_file() else 0
     try:
         build()
     except BuildError as exc:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from kubernetes.dynamic import DynamicClient
 
-from railnet.dev import chart
+from railnet.dev import chart, tools
 from railnet.dev.devcluster import DevCluster
 from tests.kube import kubeutil
 from tests.kube.chart_kube import installed, render_into, unique_namespace
@@ -122,3 +122,25 @@ def test_controller_pods_pass_pod_security_restricted(cluster: DevCluster, restr
     bad["spec"]["containers"][0]["securityContext"]["capabilities"]["add"] = ["NET_ADMIN"]
     status, answer = create_pod(bad, "bad")
     assert status == 403 and "restricted" in answer["message"], answer
+
+
+def test_service_monitor_is_accepted_by_its_crd(cluster: DevCluster, dyn: DynamicClient) -> None:
+    """With metrics.serviceMonitor.enabled: the ServiceMonitor against the Prometheus Operator's own CRD
+    (v0.85.0, installed here for the test only: the chart leaves it to the operator)."""
+    (crd,) = kubeutil.load([tools.servicemonitor_crd()])
+    name = crd["metadata"]["name"]
+    had = cluster.api().request("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")[0] == 200
+    kubeutil.apply(dyn, [crd])
+    dyn.resources.invalidate_cache()
+    try:
+        ns = unique_namespace()
+        docs = render_into(ns, "--set", "metrics.serviceMonitor.enabled=true",
+                           "--set-json", 'metrics.serviceMonitor.labels={"release":"prom"}')
+        (monitor,) = [d for d in docs if d["kind"] == "ServiceMonitor"]
+        with installed(cluster, dyn, docs, kinds=()):
+            (obj,) = kubeutil.apply(dyn, [monitor], dry_run=True)
+            assert contains(obj.to_dict()["spec"], monitor["spec"]), "the CRD pruned ServiceMonitor fields"
+            assert obj.metadata.labels["release"] == "prom"
+    finally:
+        if not had:
+            cluster.api().request("DELETE", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
