@@ -19,7 +19,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, field, replace
 
 from scheduler.dra.api import Claim, Result
@@ -93,8 +93,10 @@ class DraUnits:
         pod.res = replace(res, gpus=res.gpus + demand.gpus, rdma=res.rdma + demand.nics)
         pod.spec = replace(spec, num_gpu=gpus, gpu_milli=spec.gpu_milli or (MILLI if gpus else 0), rdma_nics=nics)
 
-    def forget(self, key: str) -> None:
-        self._base.pop(key, None)
+    def prune(self, waiting: Container[str]) -> None:
+        """Forget the requests of pods that no longer wait (bound or gone)."""
+        if len(self._base) > 64:
+            self._base = {k: v for k, v in self._base.items() if k in waiting}
 
     def node_devices(self, name: str) -> NodeDevices:
         return self.cache.dra.node(name, self.cache.topologies.get(name))

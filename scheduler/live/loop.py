@@ -160,6 +160,7 @@ class Scheduler:
     def _resolve_claims(self, units: list[gangs.Unit]) -> dict[str, UnitClaims]:
         """Each unit's ResourceClaims (dra_unit.py); a unit whose claims cannot be served gets a problem."""
         out: dict[str, UnitClaims] = {}
+        self.dra.prune(self.cache.waiting)
         for unit in units:
             if unit.problem or not any(p.claims for p in unit.pods):
                 continue
