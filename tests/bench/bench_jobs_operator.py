@@ -36,6 +36,7 @@ import base64
 import concurrent.futures
 import contextlib
 import ctypes
+import functools
 import http.client
 import json
 import math
@@ -168,11 +169,14 @@ def install_crds(client: Client, owner: str, log: Callable[[str], None] = _say) 
     t0 = time.monotonic()
     docs = _crd_docs(owner)
     names = {d["metadata"]["name"] for d in docs}
+    def answers(path: str, code: int) -> bool:
+        return client.request("GET", path)[0] == code
+
     for name in KUBEFLOW_CRDS:
         status, crd = client.request("GET", f"{CRD_PATH}/{name}")
         if status == 200 and crd["metadata"].get("labels", {}).get("railnet.io/bench-crd-owner") != owner:
             client.request("DELETE", f"{CRD_PATH}/{name}")
-            _wait(lambda n=name: client.request("GET", f"{CRD_PATH}/{n}")[0] == 404, 120, f"CRD {name} deleted")
+            _wait(functools.partial(answers, f"{CRD_PATH}/{name}", 404), 120, f"CRD {name} deleted")
     for doc in docs:
         name = doc["metadata"]["name"]
         status, body = client.request("POST", CRD_PATH, doc)
@@ -185,11 +189,10 @@ def install_crds(client: Client, owner: str, log: Callable[[str], None] = _say) 
         return any(c["type"] == "Established" and c["status"] == "True" for c in conds)
 
     for name in sorted(names):
-        _wait(lambda n=name: established(n), 60, f"CRD {name} Established")
+        _wait(functools.partial(established, name), 60, f"CRD {name} Established")
         plural, group = name.split(".", 1)
         version = "v1" if group == "kubeflow.org" else "v1alpha1"
-        _wait(lambda p=plural, g=group, v=version: client.request("GET", f"/apis/{g}/{v}/{p}?limit=1")[0] == 200,
-              60, f"{name} served")
+        _wait(functools.partial(answers, f"/apis/{group}/{version}/{plural}?limit=1", 200), 60, f"{name} served")
     log(f"    {owner}'s CRDs installed in {time.monotonic() - t0:.1f}s")
     return time.monotonic() - t0
 
@@ -428,7 +431,11 @@ def start_operator(client: Client, cluster: DevCluster, workers: int, logdir: Pa
                                 env=env, preexec_fn=_die_with_parent)
     ctl = Controller(OPERATOR, proc, log)
     ctl.cleanup.append(lambda: shutil.rmtree(CERT_DIR.parent, ignore_errors=True))
-    ctl.cleanup.append(lambda: client.request("DELETE", secret_path))
+
+    def drop_secret() -> None:
+        client.request("DELETE", secret_path)
+
+    ctl.cleanup.append(drop_secret)
     try:
         def alive() -> None:
             if proc.poll() is not None:
@@ -581,7 +588,7 @@ def turn(cluster: DevCluster, client: Client, who: str, rnd: int, args: argparse
 
 def summary(results: list[Result], peer: bool) -> list[str]:
     def med(who: str, attr: str) -> float | None:
-        vals = sorted(getattr(r, attr) for r in results if r.who == who)
+        vals: list[float] = sorted(float(getattr(r, attr)) for r in results if r.who == who)
         if not vals:
             return None
         mid = len(vals) // 2
