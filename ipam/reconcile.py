@@ -26,6 +26,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
+from cni.spec.hostroot import host_path
 from ipam.cluster import ClusterStore
 from ipam.kubeapi import ApiError
 
@@ -94,7 +95,7 @@ class Reconciler:
 
     def why_dead(self, att: Attachment, now: float) -> str | None:
         """The reason to release `att`, or None to keep it (every doubt keeps it)."""
-        if now - att.created < self.min_age or not att.netns or os.path.exists(att.netns):
+        if now - att.created < self.min_age or not att.netns or os.path.exists(host_path(att.netns)):
             return None
         namespace, _, name = att.pod.partition("/")
         try:

@@ -16,6 +16,7 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from cni.linux.rtnl import Rtnl
+from cni.spec.hostroot import host_path
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -67,7 +68,7 @@ class NetNS:
     def __init__(self, path: str) -> None:
         self.path = path
         try:
-            self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            self.fd = os.open(host_path(path), os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             raise NetnsError(exc.errno, f"cannot open network namespace {path}: {exc.strerror}") from None
         self._ipr: Any = None

@@ -18,12 +18,12 @@ import subprocess
 from typing import Any, Protocol
 
 from cni.spec.errors import DELEGATE_FAILED, INVALID_CONFIG, CniError
+from cni.spec.hostroot import HOST_ROOT
 
 _BARE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-# The agent in a container (the DaemonSet) mounts the host's root here and runs delegates chrooted into
-# it, as Multus's thick plugin does: the primary's plugin then sees the host exactly as under a runtime
-# (its data dirs, its kubeconfig, iptables). CNI_PATH stays in host paths.
-HOST_ROOT = os.environ.get("RAILNET_HOST_ROOT", "").rstrip("/")
+# The agent in a container (the DaemonSet) runs delegates chrooted into the host's root (cni.spec.hostroot),
+# as Multus's thick plugin does: the primary's plugin then sees the host exactly as under a runtime (its
+# data dirs, its kubeconfig, iptables, the pod's netns). CNI_PATH stays in host paths.
 CHROOT = "/usr/sbin/chroot"
 
 

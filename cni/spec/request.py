@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cni.spec.errors import DECODE_FAILURE, INVALID_CONFIG, INVALID_ENVIRONMENT, UNKNOWN_CONTAINER, CniError
+from cni.spec.hostroot import host_path
 from cni.spec.versions import LATEST, SUPPORTED, require_supported
 
 COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION")
@@ -112,7 +113,7 @@ class CniRequest:
             return  # DEL must succeed even when the netns is already gone
         if not self.netns:
             raise CniError(INVALID_ENVIRONMENT, "CNI_NETNS is not set", f"{self.command} needs the container's netns path")
-        if not os.path.exists(self.netns):
+        if not os.path.exists(host_path(self.netns)):
             raise CniError(UNKNOWN_CONTAINER, f"network namespace {self.netns} does not exist",
                            "the container's netns must exist for " + self.command)
 
