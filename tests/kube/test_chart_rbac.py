@@ -178,6 +178,34 @@ def test_node_agent_writes_only_its_own_node(cluster: DevCluster, dyn: DynamicCl
     status, answer = agent.merge_patch(f"/api/v1/namespaces/{chart_ns}/pods/work-{other}", status_ann)
     assert status == 403 and f'belongs to node "{other}"' in answer["message"], answer
 
+    # IPPoolBlocks: claim, publish status of and release only its node's blocks; fixed-IP claims (no node)
+    blocks = "/apis/railnet.io/v1alpha1/ippoolblocks"
+
+    def block(name: str, node: str, reservation: str = "") -> dict[str, Any]:
+        spec = {"pool": "chart-vap", "cidr": f"10.252.{len(name)}.{sum(map(ord, name)) % 250}/32", "node": node}
+        if reservation:
+            spec["reservation"] = reservation
+        return {"apiVersion": "railnet.io/v1alpha1", "kind": "IPPoolBlock",
+                "metadata": {"name": f"chart-vap-{name}", "labels": {"railnet.io/pool": "chart-vap"}}, "spec": spec}
+
+    try:
+        status, answer = agent.request("POST", blocks, block("theirs", other))
+        assert status == 403 and f'belongs to node "{other}"' in answer["message"], answer
+        for body in (block("mine", mine), block("fixed", "", reservation=f"{chart_ns}/job-worker-0")):
+            status, answer = agent.request("POST", blocks, body)
+            assert status == 201, answer
+        assert api.request("POST", blocks, block("theirs", other))[0] == 201  # made by the admin
+        status, answer = agent.merge_patch(f"{blocks}/chart-vap-theirs/status", {"status": {"allocated": 1}})
+        assert status == 403, answer
+        assert agent.merge_patch(f"{blocks}/chart-vap-mine/status", {"status": {"allocated": 1}})[0] == 200
+        status, answer = agent.request("DELETE", f"{blocks}/chart-vap-theirs")
+        assert status == 403 and f'belongs to node "{other}"' in answer["message"], answer
+        for name in ("mine", "fixed"):
+            assert agent.request("DELETE", f"{blocks}/chart-vap-{name}")[0] == 200, name
+    finally:
+        for name in ("mine", "fixed", "theirs"):
+            api.request("DELETE", f"{blocks}/chart-vap-{name}")
+
     # a token of the same ServiceAccount bound to no pod (so to no node) may write nothing
     status, plain = api.request("POST", f"/api/v1/namespaces/{chart_ns}/serviceaccounts/railnet-node/token",
                                 {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}})
