@@ -176,3 +176,17 @@ def test_node_metrics_service_reaches_the_agent() -> None:
     assert svc["spec"]["selector"] == ds["spec"]["selector"]["matchLabels"]
     assert f"--metrics-port={svc['spec']['ports'][0]['targetPort']}" in agent["args"]
     assert ds["spec"]["template"]["spec"]["serviceAccountName"] == "railnet-node"
+
+
+def test_every_value_is_used_by_a_template() -> None:
+    """A value no template reads is a setting that silently does nothing."""
+    values = yaml.safe_load((chart.CHART / "values.yaml").read_text())
+    text = "\n".join(p.read_text() for p in (chart.CHART / "templates").iterdir())
+
+    def keys(node: Any, path: str = "") -> list[str]:
+        if isinstance(node, dict) and node and not path.endswith(("resources", "nodeSelector", "labels")):
+            return [k for key, v in node.items() for k in keys(v, f"{path}.{key}" if path else key)]
+        return [path]
+
+    unused = [k for k in keys(values) if f".{k.rsplit('.', 1)[-1]}" not in text and f'"{k.rsplit(".", 1)[-1]}"' not in text]
+    assert not unused, f"values no template reads: {unused}"
