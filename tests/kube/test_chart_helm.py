@@ -45,6 +45,7 @@ def test_install_upgrade_uninstall(cluster: DevCluster, railnet_crds: Any, tmp_p
     try:
         proc = helm(cluster, "install", release, str(chart.CHART), *base, "--wait", "--timeout", "180s")
         assert proc.returncode == 0, proc.stderr
+        assert f"is installed in namespace {ns}" in proc.stdout and "rollout status daemonset/railnet-node" in proc.stdout
         status = json.loads(helm(cluster, "status", release, "-n", "default", "-o", "json").stdout)
         assert status["info"]["status"] == "deployed"
         for path in CLUSTER_SCOPED:

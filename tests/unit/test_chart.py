@@ -73,6 +73,11 @@ def test_leader_elected_components_run_two_replicas_spread_over_nodes() -> None:
         assert "--lease-namespace=railnet-system" in args and f"--lease-name={name}" in args
         assert "--identity=$(POD_NAME)" in args
     assert deployments["railnet-ipam"]["spec"]["replicas"] == 1
+    pdbs = by_kind(render(), "PodDisruptionBudget")
+    assert set(pdbs) == {"railnet-controller", "railnet-scheduler"}
+    for name, pdb in pdbs.items():
+        assert pdb["spec"] == {"maxUnavailable": 1, "selector": deployments[name]["spec"]["selector"]}
+    assert "railnet-controller" not in by_kind(render("--set", "controller.replicas=1"), "PodDisruptionBudget")
     assert deployments["railnet-ipam"]["spec"]["strategy"] == {"type": "Recreate"}
 
 
