@@ -334,6 +334,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.kubeconfig is not None and not args.node_name:
         print("railnet agent: --kubeconfig needs --node-name (or NODE_NAME)", file=sys.stderr)
         return 2
+    if args.dra_driver:  # the host's devices, also from a container (cni.spec.hostroot)
+        from cni.spec.hostroot import host_path
+
+        args.dev_root = Path(host_path(str(args.dev_root)))
     if args.dra_driver and args.kubeconfig is None:
         print("railnet agent: --dra-driver needs --kubeconfig and --node-name (it reads claims and publishes "
               "ResourceSlices)", file=sys.stderr)

@@ -33,9 +33,10 @@ def _setns(fd: int) -> None:
         raise NetnsError(err, f"setns failed: {os.strerror(err)}")
 
 
-# In a container /proc/sys is read-only; the DaemonSet mounts the host's /proc/sys elsewhere, writable, and
-# names it here. net.* entries resolve in the writing thread's namespace whichever mount they are opened by.
-PROC_SYS_NET = os.environ.get("RAILNET_PROC_SYS", "/proc/sys").rstrip("/") + "/net/"
+# In a container /proc/sys is read-only; the DaemonSet's agent writes through the host's, under its host root
+# (cni.spec.hostroot), or RAILNET_PROC_SYS. net.* entries resolve in the writing thread's namespace whichever
+# procfs mount they are opened through.
+PROC_SYS_NET = (os.environ.get("RAILNET_PROC_SYS") or host_path("/proc/sys")).rstrip("/") + "/net/"
 
 
 def sysctl_path(*parts: str) -> str:

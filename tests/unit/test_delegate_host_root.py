@@ -53,3 +53,11 @@ def test_the_sysctl_root_follows_the_environment() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
                          env={**os.environ, "RAILNET_PROC_SYS": "/host-proc-sys/"}).stdout.strip()
     assert out == "/host-proc-sys/net/ipv4/conf/net1/arp_notify"
+
+
+def test_runtime_means_the_root_of_the_process_that_started_the_agent() -> None:
+    code = "from cni.spec.hostroot import host_path; print(host_path('/run/netns/x'))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                         env={**os.environ, "RAILNET_HOST_ROOT": "runtime"}).stdout.strip()
+    assert out == f"/proc/{os.getpid()}/root/run/netns/x"
+    assert Path(f"/proc/{os.getpid()}/root/proc/sys/net").is_dir()  # what sysctls are written through
