@@ -29,7 +29,7 @@ from cni.linux.netns import NetNS
 from cni.meta import egress
 from netmanager.dra import DRIVER
 from netmanager.dra.prepare import ClaimStore
-from netmanager.dra.slices import device_name
+from netmanager.dra.slices import device_name, slice_name
 from netmanager.topology.discover import discover
 from railnet.dev import fixture_gpu
 from railnet.dev.fixture_gpu_driver import NVIDIA_MAJOR, NVIDIACTL_MINOR, FixtureGpuDriver
@@ -411,3 +411,35 @@ def test_network_data_needs_the_driver_subresource_for_a_node_bound_service_acco
         rbac.delete_cluster_role(role)
         shutil.rmtree(tmp, ignore_errors=True)
     delete_pods(rails, ns, ("holder",))
+
+
+def test_a_nic_whose_link_goes_down_is_tainted_and_no_new_claim_gets_it(rails: RailsOnNode, ns: str) -> None:
+    rn, core = rails.rn, rails.rn.core
+    rail_nad(rn, ns)
+    name = "nic-0000-3b-00-0"  # rail 1, mlx5_1
+    state = rails.sysfs / "class" / "infiniband" / "mlx5_1" / "ports" / "1" / "state"
+
+    def taints() -> list[dict[str, Any]] | None:
+        obj = json.loads(rails.resource.read_resource_slice(slice_name(rn.name), _preload_content=False).data)
+        return next(d.get("taints") for d in obj["spec"]["devices"] if d["name"] == name)
+
+    state.write_text("1: DOWN\n")
+    try:
+        found = kubeutil.wait_for(taints, 60, f"{name} tainted in the slice", interval=1)
+        assert found is not None and found[0].pop("timeAdded")  # the API server stamps it
+        assert found == [{"key": f"{DRIVER}/link-down", "value": "DOWN", "effect": "NoSchedule"}]
+        claim_template(rails, ns, "nic1", [nic_request(rail(1))])
+        core.create_namespaced_pod(ns, rail_pod("waits", "nic1"))
+
+        def unschedulable() -> str | None:
+            return next((m for r, m in events(rn, ns, "waits") if r == "FailedScheduling"), None)
+
+        message = kubeutil.wait_for(unschedulable, 120, "FailedScheduling of the pod wanting the down NIC", interval=1)
+        assert "cannot allocate all claims" in message, message
+        assert core.read_namespaced_pod("waits", ns).status.phase == "Pending"  # type: ignore[union-attr]
+    finally:
+        state.write_text("4: ACTIVE\n")
+    kubeutil.wait_for(lambda: taints() is None, 60, f"{name}'s taint removed", interval=1)
+    h.running(core, ns, "waits", timeout=240)  # the link is back: the claim is allocated, the rail attached
+    assert pod_link(rn, ns, "waits")["link_index"] == host_ifindex(rails.veths["0000:3b:00.0"])
+    delete_pods(rails, ns, ("waits",))
