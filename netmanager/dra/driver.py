@@ -50,11 +50,15 @@ def socket_paths(kubelet_dir: Path, driver: str = DRIVER) -> tuple[Path, Path]:
 class KubeResources:
     """The API calls the driver makes, as plain JSON (the client's models lag the API's fields)."""
 
-    def __init__(self, kubeconfig: Path) -> None:
+    def __init__(self, kubeconfig: Path, timeout: float | tuple[float, float] = 30, retries: int | None = None) -> None:
+        """`timeout` per request; `retries` None keeps the client's default (the CNI path passes 0)."""
         import kubernetes
 
         k8s: Any = kubernetes
         self._api = k8s.config.new_client_from_config(config_file=str(kubeconfig))
+        if retries is not None:
+            self._api.configuration.retries = retries
+        self._timeout = timeout
         self._resource = k8s.client.ResourceV1Api(self._api)
         self._core = k8s.client.CoreV1Api(self._api)
         self._exc = k8s.client.exceptions.ApiException
@@ -64,7 +68,7 @@ class KubeResources:
 
     def _json(self, call: Any, *args: Any, **kw: Any) -> dict[str, Any] | None:
         try:
-            return dict(json.loads(call(*args, _preload_content=False, _request_timeout=30, **kw).data))
+            return dict(json.loads(call(*args, _preload_content=False, _request_timeout=self._timeout, **kw).data))
         except self._exc as exc:
             if exc.status == 404:
                 return None
@@ -200,6 +204,7 @@ class DraDriver:
         self.resync = resync
         self.registry_socket, self.endpoint = socket_paths(kubelet_dir)
         self.api = KubeResources(kubeconfig)
+        self.kubeconfig = kubeconfig
         self._topology = discover(str(sysfs), node_name=node_name)
         self._topology_lock = threading.Lock()
         self.preparer = Preparer(node_name, ClaimStore(state_dir / "claims"), cdi_dir, sysfs, dev_root,
@@ -216,7 +221,10 @@ class DraDriver:
 
     def attachments(self) -> ClaimAttachments:
         """What the meta plugin asks for a network on a claim's NIC (netmanager.dra.attach)."""
-        return ClaimAttachments(self.node_name, self.preparer.store, self.api, self.topology)
+        # its own client: short timeouts and no retries, so a CNI call never waits long on the API server
+        # (a DEL clearing networkData must finish when the API server is gone)
+        return ClaimAttachments(self.node_name, self.preparer.store, KubeResources(self.kubeconfig, (3.0, 10.0), 0),
+                                self.topology)
 
     def start(self) -> None:
         import grpc
