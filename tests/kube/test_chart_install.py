@@ -20,7 +20,8 @@ EVERYTHING = ("--set", "metrics.dashboard.enabled=true",
               "--set-json", 'pools=[{"name":"rail0","subnet":"172.30.0.0/16","gateway":"172.30.0.1","blockSize":26,'
                             '"ranges":[{"start":"172.30.0.16","end":"172.30.254.254"}],"rail":0,'
                             '"nodeSelector":{"railnet.io/rail0":"true"}}]',
-              "--set-json", 'rails=[{"name":"rail0","rdmaDevice":"mlx5_0","mtu":4200}]')
+              "--set-json", 'rails=[{"name":"rails","auto":true,"pool":"rail{rail}","mtu":4200},'
+                            '{"name":"rail0","rdmaDevice":"mlx5_0","mtu":4200}]')
 
 
 def contains(big: Any, small: Any) -> bool:
@@ -53,7 +54,7 @@ def test_every_rendered_object_is_accepted(cluster: DevCluster, dyn: DynamicClie
     seen = dry_run_all(cluster, dyn, docs)
     for want in ("Deployment/railnet-controller", "Deployment/railnet-scheduler", "Deployment/railnet-ipam",
                  "ClusterRole/railnet-node", "ClusterRole/railnet-node-dra", "ValidatingAdmissionPolicy/railnet-node-own-objects",
-                 "IPPool/rail0", "NetworkAttachmentDefinition/rail0", "ConfigMap/railnet-dashboard",
+                 "IPPool/rail0", "NetworkAttachmentDefinition/rail0", "NetworkAttachmentDefinition/rails", "ConfigMap/railnet-dashboard",
                  "Service/railnet-scheduler-metrics"):
         assert want in seen, want
     assert len(seen) == len(docs) - sum(d["kind"] in ("CustomResourceDefinition", "Namespace") for d in docs)

@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from cni.meta.nad import from_nad, nad_view
 from ipam.crd import IPPoolSpec
 from railnet.dev import chart
 from tests.unit.chart_support import GOOD, by_kind, render, run_helm
@@ -139,18 +140,28 @@ def test_namespace_is_labelled_for_pod_security() -> None:
 def test_pools_and_rails_render_ippools_and_nads() -> None:
     docs = render("--set-json", 'pools=[{"name":"rail0","subnet":"172.30.0.0/16","gateway":"172.30.0.1",'
                   '"blockSize":26,"ranges":[{"start":"172.30.0.16","end":"172.30.254.254"}],"rail":0}]',
-                  "--set-json", 'rails=[{"name":"rail0","rdmaDevice":"mlx5_0","mtu":4200,"namespaces":["default","team-a"]}]')
+                  "--set-json", 'rails=[{"name":"rails","auto":true,"pool":"rail{rail}","mtu":4200,'
+                  '"namespaces":["default","team-a"]},{"name":"storage","rdmaDevice":"mlx5_0"}]')
     pool = by_kind(docs, "IPPool")["rail0"]
     assert pool["spec"] == {"subnet": "172.30.0.0/16", "gateway": "172.30.0.1", "blockSize": 26,
                             "ranges": [{"start": "172.30.0.16", "end": "172.30.254.254"}], "rail": 0}
     IPPoolSpec.model_validate(pool["spec"])  # what the agent will parse
     nads = [d for d in docs if d["kind"] == "NetworkAttachmentDefinition"]
-    assert sorted(d["metadata"]["namespace"] for d in nads) == ["default", "team-a"]
-    conf = json.loads(nads[0]["spec"]["config"])
-    assert conf == {"cniVersion": "1.1.0", "name": "rail0", "type": "railnet-macvlan", "mode": "bridge",
-                    "rdmaDevice": "mlx5_0", "mtu": 4200, "ipam": {"type": "railnet-ipam", "pool": "rail0"}}
-    ctl = by_kind(docs, "Deployment")["railnet-controller"]
-    assert "--rail-networks=rail0" in ctl["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert sorted((d["metadata"]["name"], d["metadata"]["namespace"]) for d in nads) == [
+        ("rails", "default"), ("rails", "team-a"), ("storage", "default")]
+    confs = {d["metadata"]["name"]: json.loads(d["spec"]["config"]) for d in nads}
+    assert confs["rails"] == {"cniVersion": "1.1.0", "name": "rails", "type": "railnet-macvlan", "mode": "bridge",
+                              "rail": "auto", "mtu": 4200, "ipam": {"type": "railnet-ipam", "pool": "rail{rail}"}}
+    assert confs["storage"] == {"cniVersion": "1.1.0", "name": "storage", "type": "railnet-macvlan",
+                                "mode": "bridge", "rdmaDevice": "mlx5_0",
+                                "ipam": {"type": "railnet-ipam", "pool": "storage"}}
+    for d in nads:  # as the meta plugin reads them
+        conflist = from_nad(d["metadata"]["namespace"], d["metadata"]["name"], nad_view(d), chart.REPO / "nowhere")
+        assert conflist["plugins"][0]["type"] == "railnet-macvlan"
+    args = by_kind(docs, "Deployment")["railnet-controller"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--rail-networks=rails" in args  # only the auto rails: the allocation decides the NICs
+    assert not any(a.startswith("--rail-networks") for a in by_kind(render(), "Deployment")["railnet-controller"]
+                   ["spec"]["template"]["spec"]["containers"][0]["args"])
 
 
 def test_pool_schema_has_the_ippool_fields() -> None:

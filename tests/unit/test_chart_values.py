@@ -62,7 +62,11 @@ CASES = [
      ["pools[1]: the name a is used twice"]),
     # rails
     ("a rail without a parent NIC", (*GOOD, "--set-json", 'rails=[{"name":"rail0"}]'),
-     ["rails[0] (rail0): give exactly one of rdmaDevice, master or pciAddress"]),
+     ["rails[0] (rail0): give exactly one of rdmaDevice, master or pciAddress (the rail's parent NIC), or auto: true"]),
+    ("an auto rail naming a NIC", (*GOOD, "--set-json", 'rails=[{"name":"rails","auto":true,"master":"eth1"}]'),
+     ["rails[0] (rails): an auto rail takes each pod's NICs from the scheduler's allocation"]),
+    ("an auto rail with one pool for all rails", (*GOOD, "--set-json", 'rails=[{"name":"rails","auto":true,"pool":"rail"}]'),
+     ["pool \"rail\" of an auto rail must contain {rail}"]),
     ("a rail with two parents", (*GOOD, "--set-json", 'rails=[{"name":"rail0","master":"eth1","rdmaDevice":"mlx5_0"}]'),
      ["give exactly one of"]),
     # other values

@@ -117,8 +117,14 @@ applied) with what to fix. validate.yaml calls "railnet.validate"; it renders no
 {{- if not $r.name -}}{{- fail (printf "rails[%d]: name is missing: give the rail network a name (the NAD's name)" $i) -}}{{- end -}}
 {{- $parents := 0 -}}
 {{- range $k := list "rdmaDevice" "master" "pciAddress" -}}{{- if hasKey $r $k -}}{{- $parents = add1 $parents -}}{{- end -}}{{- end -}}
-{{- if ne $parents 1 -}}
-{{- fail (printf "rails[%d] (%s): give exactly one of rdmaDevice, master or pciAddress (the rail's parent NIC)" $i $r.name) -}}
+{{- if and $r.auto (ne $parents 0) -}}
+{{- fail (printf "rails[%d] (%s): an auto rail takes each pod's NICs from the scheduler's allocation: remove rdmaDevice, master and pciAddress (or set auto: false for a network on one NIC)" $i $r.name) -}}
+{{- end -}}
+{{- if and (not $r.auto) (ne $parents 1) -}}
+{{- fail (printf "rails[%d] (%s): give exactly one of rdmaDevice, master or pciAddress (the rail's parent NIC), or auto: true" $i $r.name) -}}
+{{- end -}}
+{{- if and $r.auto $r.pool (not (contains "{rail}" $r.pool)) -}}
+{{- fail (printf "rails[%d] (%s): pool %q of an auto rail must contain {rail} (each rail its own pool, e.g. rail{rail})" $i $r.name $r.pool) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
