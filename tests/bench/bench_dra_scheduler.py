@@ -13,7 +13,8 @@ claim from a ResourceClaimTemplate: kube-scheduler's template has ``constraints:
 nic], matchAttribute: resource.kubernetes.io/pcieRoot}]``; railnet's has none (it ranks PCIe switch >
 root > NUMA > socket itself). The scheduler is paused (SIGSTOP) while the pods are created and until
 the controller manager has made every claim; pods bound per second from its resume to the last bind
-is its throughput. Then, from the claims' allocations, the share of pods whose GPU and NIC sit under
+is its throughput (after ``--timeout`` seconds: the rate over the pods bound so far, marked
+``timed_out``). Then, from the claims' allocations, the share of pods whose GPU and NIC sit under
 the same PCIe switch. The pods are force-deleted and their claims waited out before the next phase.
 """
 
@@ -117,12 +118,13 @@ def phase(cluster: DevCluster, name: str, sched: str, pid: int, pods: int, switc
     finally:
         t0 = time.monotonic()
         os.kill(pid, signal.SIGCONT)
-    if not follower.done.wait(timeout):
-        raise TimeoutError(f"{name}: {len(follower.bound_at)} of {pods} bound")
+    finished = follower.done.wait(timeout)
     follower.close()
-    last = max(follower.bound_at.values())
+    bound = len(follower.bound_at)  # on a timeout: the rate over what was bound (reported as such)
+    last = max(follower.bound_at.values()) if finished else time.monotonic()
     share, counted = same_switch_share(cluster, name, switches)
-    out = {"all_bound_s": round(last - t0, 2), "bind_pods_per_s": round(pods / (last - t0), 1),
+    out = {"all_bound_s": round(last - t0, 2), "bind_pods_per_s": round(bound / (last - t0), 1),
+           "bound": bound, "timed_out": not finished,
            "same_switch_share": round(share, 4), "claims_counted": counted,
            "create_and_claims_s": round(claims_s, 1)}
     t_del = time.monotonic()
