@@ -65,7 +65,7 @@ class Entry:
     """A job as admission sees it."""
 
     key: str
-    quota: str | None
+    quota: str | None  # what governs it now (the plan looks it up again from ``pod``)
     request: Mapping[str, int]
     priority: int
     created: str
@@ -100,14 +100,14 @@ def plan(objs: Mapping[str, quotas.QuotaObject], capacity: Mapping[str, int], ad
     queued = sorted(queued, key=order)
     if tree is not None:
         for entry in admitted:
-            if _valid_leaf(book, entry.quota):
-                assert entry.quota is not None
-                tree.submit(QuotaJob(entry.key, entry.quota, dict(entry.request), entry.priority))
+            name = book.quota_of(entry.pod)
+            if name is not None and _valid_leaf(book, name):
+                tree.submit(QuotaJob(entry.key, name, dict(entry.request), entry.priority))
                 tree.start(entry.key)
         for entry in queued:
-            if _valid_leaf(book, entry.quota):
-                assert entry.quota is not None
-                tree.submit(QuotaJob(book.pending_name(entry.key), entry.quota, dict(entry.request), entry.priority))
+            name = book.quota_of(entry.pod)
+            if name is not None and _valid_leaf(book, name):
+                tree.submit(QuotaJob(book.pending_name(entry.key), name, dict(entry.request), entry.priority))
     out: dict[str, Outcome] = {}
     blocked: dict[str, str] = {}  # quota -> the job at the head of its queue that waits
     for entry in queued:
@@ -132,10 +132,9 @@ def plan(objs: Mapping[str, quotas.QuotaObject], capacity: Mapping[str, int], ad
     return out
 
 
-def _valid_leaf(book: quotas.QuotaBook, quota: str | None) -> bool:
+def _valid_leaf(book: quotas.QuotaBook, quota: str) -> bool:
     tree = book.tree
-    return (quota is not None and tree is not None and quota in tree.quotas and quota not in book.broken
-            and tree.is_leaf(quota))
+    return tree is not None and quota in tree.quotas and quota not in book.broken and tree.is_leaf(quota)
 
 
 class Admission:
@@ -151,12 +150,17 @@ class Admission:
         self.priorities: dict[str, int] = {}  # PriorityClass -> value
         self.default_priority = 0
         self.ledger: dict[str, float] = {}  # job key -> monotonic time it was admitted here
-        self._entries: dict[tuple[str, str], Entry | None] = {}  # (uid, resourceVersion) -> entry
+        self._seen: dict[tuple[str, str], _Seen] = {}  # (uid, resourceVersion) -> what decide needs of a job
+        self._objs: tuple[int, dict[str, quotas.QuotaObject], dict[str, str]] | None = None  # per version
+        self._version = 0  # bumped when quotas, nodes or priorities change
+        self._memo: tuple[Any, dict[str, Outcome]] | None = None  # the last plan, for the same inputs
 
     # -- caches (reflector threads) ----------------------------------------------------------------------
     def replace_quotas(self, items: list[JSON]) -> None:
         with self.lock:
             self.quotas = {_ns_name(i): i for i in items}
+            self._version += 1
+            self._seen.clear()  # which quota governs a job may have changed
         self.kick_all()
 
     def on_quota(self, event: str, obj: JSON) -> None:
@@ -164,22 +168,27 @@ class Admission:
             self.quotas.pop(_ns_name(obj), None)
             if event != "DELETED":
                 self.quotas[_ns_name(obj)] = obj
+            self._version += 1
+            self._seen.clear()
         self.kick_all()
 
     def replace_nodes(self, items: list[JSON]) -> None:
         with self.lock:
             self.nodes = {}
+            self._version += 1
         for item in items:
             self.on_node("ADDED", item)
 
     def on_node(self, event: str, obj: JSON) -> None:
         name = obj["metadata"]["name"]
         with self.lock:
-            self.nodes.pop(name, None)
+            before = self.nodes.pop(name, None)
             if event != "DELETED" and not (obj.get("spec") or {}).get("unschedulable"):
                 res = objects.node_resources(obj, self.gpu, self.rdma)
                 self.nodes[name] = {quotas.CPU: res.cpu_milli, quotas.MEMORY: res.memory_mib, self.gpu: res.gpus,
                                     self.rdma[0]: res.rdma}
+            if self.nodes.get(name) != before:  # heartbeats change nothing here
+                self._version += 1
 
     def replace_priorities(self, items: list[JSON]) -> None:
         with self.lock:
@@ -195,7 +204,8 @@ class Admission:
                 self.priorities[name] = int(obj.get("value") or 0)
                 if obj.get("globalDefault"):
                     self.default_priority = self.priorities[name]
-            self._entries.clear()
+            self._seen.clear()
+            self._version += 1
 
     def kick_all(self) -> None:
         for obj in list(self.jobs()):
@@ -216,33 +226,43 @@ class Admission:
         """Whether the queued job ``key`` is admitted now (recorded in the ledger when it is)."""
         with self.lock:
             now = time.monotonic()
-            objs = quotas.parse_all(self.quotas.values(), self.gpu, self.rdma)
-            leaves = quotas.leaf_by_namespace(objs)
+            if self._objs is None or self._objs[0] != self._version:
+                parsed = quotas.parse_all(self.quotas.values(), self.gpu, self.rdma)
+                self._objs = (self._version, parsed, quotas.leaf_by_namespace(parsed))
+            _, objs, leaves = self._objs
             admitted: list[Entry] = []
             queued: list[Entry] = []
+            ledger = self.ledger
             for obj in list(self.jobs()):
-                job_key = _job_key(obj)
-                entry = self._entry_of_object(obj, leaves)
-                if entry is None:
+                seen = self._seen_of(obj, leaves)
+                if seen.entry is None:
                     continue
-                state = state_of(obj)
-                in_ledger = now - self.ledger.get(job_key, -LEDGER_TTL) < LEDGER_TTL
-                if state == ADMITTED and in_ledger:
-                    del self.ledger[job_key]  # the cache shows it now
-                if status.terminal(obj.get("status") or {}):
+                in_ledger = seen.key in ledger and now - ledger[seen.key] < LEDGER_TTL
+                if seen.state == ADMITTED and in_ledger:
+                    del ledger[seen.key]  # the cache shows it now
+                if seen.terminal:
                     continue
-                if state == ADMITTED and not _suspended(obj) or in_ledger:
-                    admitted.append(entry)
-                elif state == QUEUED:
-                    queued.append(entry)
-            capacity: dict[str, int] = {}
-            for alloc in self.nodes.values():
-                for resource, value in alloc.items():
-                    capacity[resource] = capacity.get(resource, 0) + value
-            outcome = plan(objs, capacity, admitted, queued, self.gpu, self.rdma).get(
-                key, Outcome(False, "not queued"))
+                if seen.state == ADMITTED and not seen.suspended or in_ledger:
+                    admitted.append(seen.entry)
+                elif seen.state == QUEUED:
+                    queued.append(seen.entry)
+            # the same inputs give the same plan: every queued job looked at after one change costs one plan
+            memo_key = (self._version, frozenset(map(id, admitted)), frozenset(map(id, queued)))
+            if self._memo is not None and self._memo[0] == memo_key:
+                planned = self._memo[1]
+            else:
+                capacity: dict[str, int] = {}
+                for alloc in self.nodes.values():
+                    for resource, value in alloc.items():
+                        capacity[resource] = capacity.get(resource, 0) + value
+                planned = plan(objs, capacity, admitted, queued, self.gpu, self.rdma)
+                self._memo = (memo_key, planned)
+            outcome = planned.get(key, Outcome(False, "not queued"))
             if outcome.admit:
                 self.ledger[key] = now
+                mine = next((e for e in queued if e.key == key), None)
+                if mine is not None:  # the plan already counted it as admitted: still valid for the others
+                    self._memo = ((self._version, memo_key[1] | {id(mine)}, memo_key[2] - {id(mine)}), planned)
             return outcome
 
     def forget(self, key: str) -> None:
@@ -274,23 +294,35 @@ class Admission:
         quota = first.quota_label or leaves.get(job.namespace)
         return Entry(job.key, quota, request, priority, job.created, first)
 
-    def _entry_of_object(self, obj: JSON, leaves: Mapping[str, str]) -> Entry | None:
+    def _seen_of(self, obj: JSON, leaves: Mapping[str, str]) -> _Seen:
         meta = obj["metadata"]
         cache_key = (meta.get("uid", ""), meta.get("resourceVersion", ""))
-        if cache_key in self._entries:
-            found = self._entries[cache_key]
-            if found is None or found.quota == (found.pod.quota_label or leaves.get(found.pod.namespace)):
-                return found
+        found = self._seen.get(cache_key)
+        if found is not None:
+            return found
         try:
             job = api.parse(obj, _ANY_RANGE, False)
         except api.JobSpecError:
             entry = None  # an invalid job never runs: it holds nothing and waits for nothing
         else:
             entry = self._entry(job, leaves)
-        if len(self._entries) > 10000:
-            self._entries.clear()
-        self._entries[cache_key] = entry
-        return entry
+        if len(self._seen) > 10000:
+            self._seen.clear()
+            self._version += 1  # entries' identities are part of the memo key
+        found = self._seen[cache_key] = _Seen(entry, _job_key(obj), state_of(obj),
+                                              status.terminal(obj.get("status") or {}) is not None, _suspended(obj))
+        return found
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """What ``decide`` needs of one version of a job object."""
+
+    entry: Entry | None
+    key: str
+    state: str | None
+    terminal: bool
+    suspended: bool
 
 
 def _suspended(obj: JSON) -> bool:

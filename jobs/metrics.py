@@ -29,7 +29,7 @@ class Metrics:
                                     "Reconciles skipped because the watch has not shown our own writes yet",
                                     registry=r)
         self.stale = prom.Counter("railnet_jobs_stale_patches_total",
-                                  "Job patches refused (409) because the cached job was older than the server's; "
+                                  "Job or job status patches refused (409) because the cached job was older than the server's; "
                                   "the watch event redoes the pass", registry=r)
         self.depth = prom.Gauge("railnet_jobs_queue_depth", "Job keys waiting in the work queue", registry=r)
         self.leader = prom.Gauge("railnet_jobs_leader", "1 while this replica holds the lease", registry=r)

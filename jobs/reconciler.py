@@ -124,6 +124,7 @@ class Reconciler:
         self.kube, self.store, self.expectations, self.events = kube, store, expectations, events
         self.metrics, self.options, self.requeue_after = metrics, options, requeue_after
         self.admission = queue  # --admission quota
+        self._rv = threading.local()  # the job's resourceVersion as this worker's pass knows it (after its own patches)
         self.ports = PortLedger()
         self.podgroups: set[str] = set()  # job uids whose PodGroup exists
         self.cleaned: set[str] = set()  # finished job uids whose PodGroup was deleted
@@ -133,6 +134,7 @@ class Reconciler:
     # -- entry --------------------------------------------------------------------------------------------
     def reconcile(self, key: str) -> None:
         obj, pods, services = self.store.snapshot(key)
+        self._rv.value = obj["metadata"].get("resourceVersion") if obj is not None else None
         if obj is None:
             self.expectations.delete(key)
             _, kind, namespace, name = api.split_key(key)
@@ -255,15 +257,18 @@ class Reconciler:
             queue.kick_all()
         return False
 
-    def _patch_job(self, job: api.Job, obj: JSON, patch: JSON) -> None:
-        """A merge patch of the job, guarded by the resourceVersion this pass read (409: the next pass redoes it)."""
+    def _patch_job(self, job: api.Job, obj: JSON | None, patch: JSON) -> None:
+        """A merge patch of the job, guarded by the resourceVersion this pass read or last wrote (409: the
+        pass ends; the watch event that made the copy old runs it again)."""
         path = api.resource_path(job.group, job.framework.plural, job.namespace, job.name)
-        body = {**patch, "metadata": {**patch.get("metadata", {}), "resourceVersion": obj["metadata"]["resourceVersion"]}}
+        rv = getattr(self._rv, "value", None) or (obj or {}).get("metadata", {}).get("resourceVersion")
+        body = {**patch, "metadata": {**patch.get("metadata", {}), **({"resourceVersion": rv} if rv else {})}}
         code, answer = self.kube.request("PATCH", path, body, "application/merge-patch+json")
         if code == 409:
             raise _Stale(job.key)
         if code != 200:
             raise RuntimeError(f"patch {job.key}: HTTP {code}: {answer}")
+        self._rv.value = answer["metadata"]["resourceVersion"]
 
     def _replicas(self, job: api.Job, st: JSON, pods: dict[str, JSON], services: dict[str, JSON]) -> None:
         fw = job.framework
@@ -272,6 +277,7 @@ class Reconciler:
         restarts = {r: int((prior.get(r) or {}).get("restarts") or 0) for r in job.replicas}
         failure: str | None = None
         restarting: list[str] = []  # replicas recreated by fail-over in this pass
+        failing: list[tuple[JSON, str]] = []  # (failed pod, event text), deleted after the job is stamped
         pending_create = False
         missing: list[tuple[api.Replica, int]] = []
         in_place = 0
@@ -312,13 +318,9 @@ class Reconciler:
                                                   f"{sum(restarts.values()) + in_place} times: backoffLimit "
                                                   f"{job.backoff_limit} reached")
                             continue
-                        self._delete(job, "Pod", pod)
+                        failing.append((pod, f"recreating {name}: exit code {code} {why}".strip()))
                         restarts[r.rtype] += 1
                         restarting.append(name)
-                        self.metrics.inc("failovers")
-                        self.events.on_object(job.namespace, f"{job.group}/{api.VERSIONS[job.group]}", job.kind,
-                                              job.name, job.uid, "FailOver",
-                                              f"recreating {name}: exit code {code} {why}".strip(), warning=True)
                         continue
                     else:
                         rs.active += 1
@@ -328,8 +330,12 @@ class Reconciler:
                 else:
                     missing.append((r, i))
         # missing replicas: created concurrently (independent writes; ports are picked under a lock)
-        if restarting:
+        if failing:  # stamped first, guarded: a stale pass stops here, before deleting anything
             self._stamp_failover(job)
+            for pod, text in failing:
+                self._delete(job, "Pod", pod)
+                self.metrics.inc("failovers")
+                self._event(job, "FailOver", text, warning=True)
         created = list(self.pool.map(lambda ri: self._create_replica(job, ri[0], ri[1], services), missing))
         for (r, _), ok in zip(missing, created, strict=True):
             counts[r.rtype].active += ok
@@ -515,12 +521,10 @@ class Reconciler:
         self._event(job, "ServiceRetargeted", f"{meta['name']} now targets host port {port}", warning=False)
 
     def _stamp_failover(self, job: api.Job) -> None:
-        """KubeDL's ``kubedl.io/last-failover-timestamp`` (RFC 3339) on the job, after the failed pods went."""
-        path = api.resource_path(job.group, job.framework.plural, job.namespace, job.name)
-        code, answer = self.kube.request("PATCH", path, {"metadata": {"annotations": {api.LAST_FAILOVER: status.now()}}},
-                                         "application/merge-patch+json")
-        if code not in (200, 404):
-            raise RuntimeError(f"annotate {job.key} with {api.LAST_FAILOVER}: HTTP {code}: {answer}")
+        """KubeDL's ``kubedl.io/last-failover-timestamp`` (RFC 3339) on the job, just before its failed pods
+        are deleted (KubeDL writes it just after; guarded like every job patch of a pass, so a pass on a
+        stale copy deletes nothing and counts no restart twice)."""
+        self._patch_job(job, None, {"metadata": {"annotations": {api.LAST_FAILOVER: status.now()}}})
 
     def _ensure_podgroup(self, job: api.Job) -> None:
         if job.uid in self.podgroups:
@@ -534,11 +538,21 @@ class Reconciler:
         self.podgroups.add(job.uid)
 
     def _write_status(self, job: api.Job, old: JSON, st: JSON) -> None:
+        """One merge patch of ``status``, guarded by the resourceVersion the pass read: conditions are a
+        list that a merge patch replaces whole, so a pass on a cache older than the last status write
+        (e.g. woken by our own spec patch before our status write arrived) must not write it back."""
         if st == old:
             return
         path = api.resource_path(job.group, job.framework.plural, job.namespace, job.name) + "/status"
-        code, answer = self.kube.request("PATCH", path, {"status": _merge(old, st)}, "application/merge-patch+json")
+        body: JSON = {"status": _merge(old, st)}
+        rv = getattr(self._rv, "value", None)
+        if rv:
+            body["metadata"] = {"resourceVersion": rv}
+        code, answer = self.kube.request("PATCH", path, body, "application/merge-patch+json")
         if code == 404:
+            return
+        if code == 409:  # the job changed since our copy: its watch event brings it back with the news
+            self.metrics.inc("stale")
             return
         if code != 200:
             raise RuntimeError(f"status of {job.key}: HTTP {code}: {answer}")
