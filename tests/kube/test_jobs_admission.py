@@ -135,6 +135,13 @@ def test_a_job_above_the_max_is_inadmissible_and_blocks_nobody(jobs: Jobs, quota
     event = kubeutil.wait_for(inadmissible, WAIT, "an Inadmissible event")
     assert event["involvedObject"]["name"] == "huge" and "above the max" in event["message"], event
     assert "can never be admitted" in event["message"] and not jobs.pods("huge-")
+    # a template naming a quota that does not exist waits and says so
+    lost = workers(1, 1)
+    lost["template"]["metadata"] = {"labels": {"quota.scheduling.koordinator.sh/name": "no-such-quota"}}
+    jobs.create(tfjob("lost", Worker=lost))
+    cond = kubeutil.wait_for(lambda: (c := queuing(jobs, "lost")) and "does not exist" in c["message"] and c, WAIT,
+                             "lost queued")
+    assert cond["message"] == "waiting for quota no-such-quota does not exist" and not jobs.pods("lost-"), cond
 
 
 def test_jobs_without_a_quota_run_at_once(jobs: Jobs) -> None:
