@@ -358,6 +358,20 @@ class Controller:
     proc: subprocess.Popen[bytes]
     log: Path
     cleanup: list[Callable[[], None]] = field(default_factory=list)
+    metrics_port: int = 0  # railnet: its Prometheus endpoint
+
+    def metrics(self) -> dict[str, float]:
+        """railnet's own counters (sample name with labels -> value); {} for the operator or on error."""
+        if not self.metrics_port:
+            return {}
+        try:
+            with contextlib.closing(http.client.HTTPConnection("127.0.0.1", self.metrics_port, timeout=5)) as conn:
+                conn.request("GET", "/metrics")
+                text = conn.getresponse().read().decode()
+        except (OSError, http.client.HTTPException):
+            return {}
+        return {ln.rsplit(" ", 1)[0]: float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+                if ln.startswith("railnet_jobs_") and " " in ln}
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -387,7 +401,7 @@ def start_railnet(cluster: DevCluster, workers: int, logdir: Path) -> Controller
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 preexec_fn=_die_with_parent)
-    ctl = Controller(RAILNET, proc, log)
+    ctl = Controller(RAILNET, proc, log, metrics_port=port)
 
     def leader() -> bool:
         if proc.poll() is not None:
@@ -491,6 +505,20 @@ class Result:
     load_after: str
 
 
+def _railnet_counters(own: dict[str, float], workers: int) -> str:
+    def get(name: str, **labels: str) -> float:
+        key = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
+        return own.get(key, 0.0)
+
+    n, busy = get("railnet_jobs_reconcile_seconds_count"), get("railnet_jobs_reconcile_seconds_sum")
+    conflicts = sum(v for k, v in own.items() if k.startswith("railnet_jobs_create_conflicts_total"))
+    return (f"{n:.0f} reconciles ({get('railnet_jobs_reconciles_total', result='error'):.0f} failed), "
+            f"{busy:.1f}s in reconcile across {workers} workers ({busy / workers:.1f}s each, mean "
+            f"{busy / max(n, 1) * 1000:.0f} ms); created {get('railnet_jobs_creates_total', kind='Pod'):.0f} pods, "
+            f"{get('railnet_jobs_creates_total', kind='Service'):.0f} Services, {conflicts:.0f} answered 409; "
+            f"expectation waits {get('railnet_jobs_expectations_waits_total'):.0f}")
+
+
 def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -551,6 +579,7 @@ def turn(cluster: DevCluster, client: Client, who: str, rnd: int, args: argparse
             cpu = _cpu_s(pid) - cpu0
             cpu_total = _cpu_s(pid)
             plane_cpu = {c: _cpu_s(p) - plane0[c] for c, p in plane.items()}
+            own = ctl.metrics()
             writes.stop.set()
             rss_end, hwm = _status_kib(pid, "VmRSS"), _status_kib(pid, "VmHWM")
             sampler.stop.set()
@@ -571,6 +600,8 @@ def turn(cluster: DevCluster, client: Client, who: str, rnd: int, args: argparse
                         round(rss_end / 1024, 1),
                         services, events, writes.modified, round(plane_cpu["kube-apiserver"], 2),
                         round(plane_cpu["etcd"], 2), load_before, load_after)
+        if own:  # where railnet's wall time went: its workers' time in reconcile passes
+            _say("    railnet metrics: " + _railnet_counters(own, args.workers))
         _say(f"    {who}: jobs posted {result.jobs_posted_s:.1f}s, all {total} pods created "
              f"{result.all_created_s:.1f}s, all Running {result.all_running_s:.1f}s; CPU {result.cpu_s:.1f}s "
              f"(since start {result.cpu_total_s:.1f}s), peak RSS {result.peak_rss_mib:.0f} MiB (VmHWM "
