@@ -48,6 +48,7 @@ class Controller:
         self.queue = WorkQueue()
         self.expectations = Expectations(expectations_ttl)
         self.store = Store(self.queue.add, self.expectations)
+        metrics.watch_jobs(self._jobs)
         self.events = Events(kube, concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="events"),
                              socket.gethostname(), component="railnet-controller")
         self.admission = admission.Admission(self._jobs, self.queue.add, rdma=options.rail_resources) \

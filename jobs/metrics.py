@@ -2,7 +2,32 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable, Iterable
 from typing import Any
+
+from jobs import status as job_status
+
+JSON = dict[str, Any]
+# A job's phase for the `railnet_jobs` gauge: the first of these conditions that is True, else Pending.
+PHASES = ("Succeeded", "Failed", "Suspended", "Queuing", "Restarting", "Running", "Created")
+
+
+def phase(job: JSON) -> str:
+    status = job.get("status") or {}
+    return next((p for p in PHASES if job_status.is_true(status, p)), "Pending")
+
+
+def count_phases(jobs: Iterable[JSON]) -> Counter[tuple[str, str, str]]:
+    """(group, kind, phase) -> jobs; every phase of every kind seen is present, so a phase that empties reads 0."""
+    counts: Counter[tuple[str, str, str]] = Counter()
+    for job in jobs:
+        group, kind = str(job.get("apiVersion", "")).split("/")[0], str(job.get("kind", ""))
+        counts[(group, kind, phase(job))] += 1
+    for group, kind in {(g, k) for g, k, _ in counts}:
+        for p in (*PHASES, "Pending"):
+            counts.setdefault((group, kind, p), 0)
+    return counts
 
 
 class Metrics:
@@ -33,7 +58,13 @@ class Metrics:
                                   "the watch event redoes the pass", registry=r)
         self.depth = prom.Gauge("railnet_jobs_queue_depth", "Job keys waiting in the work queue", registry=r)
         self.leader = prom.Gauge("railnet_jobs_leader", "1 while this replica holds the lease", registry=r)
+        self._jobs: Callable[[], list[JSON]] = list
+        r.register(_Phases(lambda: self._jobs()))
         self.enabled = True
+
+    def watch_jobs(self, jobs: Callable[[], list[JSON]]) -> None:
+        """Count `railnet_jobs{group,kind,phase}` from this source (the controller's job cache) at each scrape."""
+        self._jobs = jobs
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         if self.enabled:
@@ -53,3 +84,20 @@ class Metrics:
     def set(self, name: str, value: float) -> None:
         if self.enabled:
             getattr(self, name).set(value)
+
+
+class _Phases:
+    """A scrape-time collector: job phases are read from the cache, not kept up to date on every event."""
+
+    def __init__(self, jobs: Callable[[], list[JSON]]) -> None:
+        self.jobs = jobs
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily("railnet_jobs", "Jobs in the controller's cache by phase (the first True "
+                                   "condition of " + ", ".join(PHASES) + "; else Pending)",
+                                   labels=["group", "kind", "phase"])
+        for (group, kind, p), n in sorted(count_phases(self.jobs()).items()):
+            family.add_metric([group, kind, p], n)
+        yield family
