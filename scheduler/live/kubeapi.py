@@ -11,6 +11,7 @@ import http.client
 import json
 import ssl
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,12 +28,30 @@ class ApiError(RuntimeError):
         self.status = status
 
 
+IN_CLUSTER_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+TOKEN_REREAD_S = 60.0  # the kubelet rotates a projected token well before it expires; client-go re-reads each minute
+
+
 @dataclass
 class Endpoint:
     host: str
     port: int
     context: ssl.SSLContext | None
     token: str | None = None
+    token_file: str | None = None  # re-read now and then: a pod's service-account token is rotated
+    _token_read: float = 0.0
+
+    def authorization(self) -> str | None:
+        if self.token_file and time.monotonic() - self._token_read >= TOKEN_REREAD_S:
+            try:
+                with open(self.token_file, encoding="utf-8") as f:
+                    fresh = f.read().strip()
+                if fresh:
+                    self.token = f"Bearer {fresh}"
+            except OSError:
+                pass  # keep the last token: a missing file mid-rotation is transient
+            self._token_read = time.monotonic()
+        return self.token
 
 
 def endpoint_from_config(kubeconfig: str | None = None) -> Endpoint:
@@ -54,7 +73,22 @@ def endpoint_from_config(kubeconfig: str | None = None) -> Endpoint:
     if token and not token.lower().startswith("bearer "):
         token = f"Bearer {token}"
     port = url.port or (443 if url.scheme == "https" else 80)
-    return Endpoint(url.hostname or "127.0.0.1", port, context, token)
+    return Endpoint(url.hostname or "127.0.0.1", port, context, token,
+                    token_file=_token_file(kubeconfig) if kubeconfig else IN_CLUSTER_TOKEN,
+                    _token_read=time.monotonic())
+
+
+def _token_file(kubeconfig: str) -> str | None:
+    """The current user's `tokenFile` (an in-cluster kubeconfig names the pod's rotated token that way)."""
+    import yaml
+
+    with open(kubeconfig, encoding="utf-8") as f:
+        doc = yaml.safe_load(f) or {}
+    context = next((c.get("context") or {} for c in doc.get("contexts") or []
+                    if c.get("name") == doc.get("current-context")), {})
+    user = next((u.get("user") or {} for u in doc.get("users") or [] if u.get("name") == context.get("user")), {})
+    path = user.get("tokenFile")
+    return str(path) if path and not user.get("token") else None
 
 
 class KubeApi:
@@ -76,8 +110,9 @@ class KubeApi:
         headers = {"Accept": "application/json", "User-Agent": self.user_agent}
         if content_type:
             headers["Content-Type"] = content_type
-        if self.endpoint.token:
-            headers["Authorization"] = self.endpoint.token
+        token = self.endpoint.authorization()
+        if token:
+            headers["Authorization"] = token
         return headers
 
     def request(self, method: str, path: str, body: Any = None,
