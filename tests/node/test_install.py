@@ -2,7 +2,8 @@
 running the railnet image built here (railnet.dev.railnet_image) and imported into the node's containerd.
 
 The chart is rendered with `helm template` (railnet.dev.chart) for the node component only, then applied;
-the dev node's paths go in as values (its private CNI dirs, kubelet dir, a socket and state dir of its own).
+the dev node's paths go in as values (its private CNI dirs, kubelet dir, a socket and state dir of its own),
+and the API server's own address (it listens on 127.0.0.1 here) as the agent's KUBERNETES_SERVICE_HOST/PORT.
 
 In order (one module, one cluster): install → the DaemonSet is Ready, the shim and conflist are on the node,
 a pod with a networks annotation gets eth0 plus its rail, the metrics move; a rolling update while pods are
@@ -17,6 +18,7 @@ import json
 import shutil
 import threading
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -77,9 +79,16 @@ class Installed:
         docs = [d for d in yaml.safe_load_all(chart.template("--values", str(values_file), values=None,
                                                              include_crds=False)) if d]
         values_file.unlink()
+        server = urllib.parse.urlsplit(yaml.safe_load(self.rn.cluster.kubeconfig.read_text())["clusters"][0]
+                                       ["cluster"]["server"])
         for doc in docs:  # a changed pod template rolls the DaemonSet
             if doc["kind"] == "DaemonSet":
                 doc["spec"]["template"]["metadata"].setdefault("annotations", {})["railnet.io/test-rollout"] = rollout
+                # node.apiServer (not in the values schema yet): the dev API server listens on 127.0.0.1 and the
+                # node's kube-proxy does not route host-network traffic for the kubernetes Service to it.
+                doc["spec"]["template"]["spec"]["containers"][0]["env"] += [
+                    {"name": "KUBERNETES_SERVICE_HOST", "value": server.hostname},
+                    {"name": "KUBERNETES_SERVICE_PORT", "value": str(server.port)}]
         return docs
 
     def apply(self, **kw: str) -> None:
