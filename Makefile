@@ -8,7 +8,7 @@ DEB_PACKAGES := containernetworking-plugins iproute2 sqlite3 gcc libc6-dev runc 
 CC ?= cc
 NATIVE_SHIM := cni/native/railnet-shim
 
-.PHONY: setup sysdeps protos test lint typecheck unit demo bench k8s-bin tools clean
+.PHONY: setup sysdeps protos test lint typecheck unit demo cluster-demo bench k8s-bin tools clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	@echo "==> creating virtualenv $(VENV)"
@@ -53,6 +53,10 @@ test: setup lint typecheck k8s-bin tools
 
 demo: setup
 	$(PY) -m railnet.dev.demo
+
+# The whole system on the dev cluster (real node + kwok GPU nodes): chart install, jobs with rails, teardown.
+cluster-demo: setup k8s-bin tools
+	$(PY) -m railnet.dev.cluster_demo
 
 bench: setup
 	$(PY) -m railnet.dev.peers build

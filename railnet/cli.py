@@ -18,6 +18,7 @@ COMMANDS = {
     "scheduler": ("scheduler.live.loop", "schedule pods (schedulerName railnet) on the API server: GPUs + RDMA NICs, gangs"),
     "controller": ("jobs.controller", "reconcile TFJobs/PyTorchJobs (KubeDL + Kubeflow APIs): pods, Services, host ports"),
     "dev-cluster": ("railnet.dev.devcluster", "run a local Kubernetes control plane (up|down|status)"),
+    "cluster-demo": ("railnet.dev.cluster_demo", "the whole system on the dev cluster: chart, jobs, rails, teardown"),
 }
 
 
