@@ -59,15 +59,20 @@ def patch_for_dev_cluster(docs: list[JSON], server_host: str, server_port: int, 
             continue
         if doc["kind"] == "DaemonSet":
             agent = spec["containers"][0]
-            agent["env"] = [*agent.get("env", []), *env, {"name": "RAILNET_SYSFS_ROOT", "value": str(sysfs)}]
+            _set_env(agent, [*env, {"name": "RAILNET_SYSFS_ROOT", "value": str(sysfs)}])
             agent.setdefault("volumeMounts", []).append({"name": "fixture-sys", "mountPath": str(sysfs),
                                                          "readOnly": True})
             spec.setdefault("volumes", []).append({"name": "fixture-sys",
                                                    "hostPath": {"path": str(sysfs), "type": "Directory"}})
         elif doc["kind"] == "Deployment":
             spec.update(hostNetwork=True, dnsPolicy="ClusterFirstWithHostNet")
-            container = spec["containers"][0]
-            container["env"] = [*container.get("env", []), *env]
+            _set_env(spec["containers"][0], env)
+
+
+def _set_env(container: JSON, env: list[JSON]) -> None:
+    """Set variables by name (a chart that already sets one, e.g. node.apiServer, is overridden, not doubled)."""
+    names = {e["name"] for e in env}
+    container["env"] = [e for e in container.get("env", []) if e["name"] not in names] + env
 
 
 def _template(container: str, program: str, port_name: str, port: int, selector: dict[str, str],
