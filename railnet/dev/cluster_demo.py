@@ -253,6 +253,18 @@ class Demo:
             running = wait(all_running, 300, f"pods {sorted(expected)} running", interval=1)
         except DemoError as exc:
             raise DemoError(f"{exc}\n{self.diagnose(NS)}") from None
+        def with_status() -> list[dict[str, Any]] | None:  # the agent writes network-status after the ADD
+            pods = {p["metadata"]["name"]: p for p in self.pods(NS)}
+            railed = [pods[n] for n in sorted(expected) if n in pods and not pods[n]["spec"].get("hostNetwork")
+                      and pods[n]["spec"].get("nodeName") == self.lay.node_name]
+            if all(cj.NETWORK_STATUS in (p["metadata"].get("annotations") or {}) for p in railed):
+                return [pods.get(n, running[i]) for i, n in enumerate(sorted(expected))]
+            return None
+
+        try:
+            running = wait(with_status, 30, "network-status on the pods of the real node", interval=0.5)
+        except DemoError as exc:
+            self.failures.append(str(exc))
         print("\n" + cj.table([cj.pod_row(p) for p in running]) + "\n", flush=True)
         self.running_at = time.monotonic() - t0
 
@@ -274,9 +286,12 @@ class Demo:
         for (name, state), leader in zip(states.items(), ("tf-ps-0", "pt-master-0"), strict=True):
             result = next((ln for ln in self.log(leader).splitlines() if ln.startswith("RESULT ")), "")
             summary = json.loads(result[len("RESULT "):]) if result else {}
+            if "rounds" in summary:  # the PS: every round of every worker applied
+                what = ", ".join(f"worker {w}: {len(r)} rounds" for w, r in sorted(summary["rounds"].items()))
+            else:  # the master: every round holds every rank's value
+                what = f"world {summary.get('world')}, all rounds complete: {summary.get('complete')}"
             self.p.say(f"{name}: {state} ({time.monotonic() - t0 + self.running_at:.0f}s after creation); "
-                       f"{leader} reports ok={summary.get('ok')}, "
-                       f"{len(summary.get('rounds') or {}) or summary.get('world', '?')} peers, {cj.ROUNDS} rounds")
+                       f"{leader}: ok={summary.get('ok')}, {what}")
             if state != "Succeeded" or not summary.get("ok"):
                 self.failures.append(f"{name} {state}: {result or self.log(leader)[-800:]}")
         big = self.api().get(api.resource_path(api.KUBEFLOW, "pytorchjobs", NS, "big"))
