@@ -309,7 +309,22 @@ class World:
         [sandbox] = node.crictl(lay, "pods", "--label", f"io.kubernetes.pod.uid={pod['metadata']['uid']}",
                                 "-q").stdout.split()
         [cid] = node.crictl(lay, "ps", "--pod", sandbox, "--name", container, "-q").stdout.split()
-        return int(json.loads(node.crictl(lay, "inspect", cid).stdout)["info"]["pid"])
+        pid = int(json.loads(node.crictl(lay, "inspect", cid).stdout)["info"]["pid"])
+        cgroups = Path(f"/proc/{pid}/cgroup").read_text()  # kill nothing but that pod's process
+        assert f"pod{pod['metadata']['uid']}" in cgroups and cid in cgroups, (pid, cgroups)
+        return pid
+
+    def ended(self, rec: Recorder, pod: JSON, pods: list[str]) -> JSON:
+        """The last state the watch showed of ``pod`` (this uid) once it is Failed."""
+        def probe() -> JSON | None:
+            seen = [o for _, _, o in rec.of("pods", pod["metadata"]["name"])
+                    if o["metadata"]["uid"] == pod["metadata"]["uid"] and (o.get("status") or {}).get("phase") == "Failed"]
+            return seen[-1] if seen else None
+
+        try:
+            return wait_for(probe, 60, f"{pod['metadata']['name']} Failed", interval=0.3)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.diagnose(pods)}") from None
 
     def programs(self) -> None:
         data = {p.name: p.read_text() for p in sorted(PROGRAMS.glob("*.py"))}
@@ -372,6 +387,13 @@ def _not_restarted(before: JSON, after: JSON) -> None:
         assert cs["restartCount"] == 0, f"{name}'s {cs['name']} restarted: {cs}"
 
 
+def _not_yet(w: World, pods: list[str]) -> str:
+    """Connections a replica made through a Service before it reached the replica behind it (see the
+    programs' banner check): how often, and what answered."""
+    lines = [ln for p in pods for ln in w.log(p).splitlines() if " yet (answered " in ln]
+    return f"{len(lines)} early connections through a Service" + (f", e.g. {lines[0]!r}" if lines else "")
+
+
 # -- the tests ---------------------------------------------------------------------------------------
 
 def test_host_network_tfjob_survives_a_killed_worker(real_node: RealNode, ns: str, controller: Controller,
@@ -408,7 +430,8 @@ def test_host_network_tfjob_survives_a_killed_worker(real_node: RealNode, ns: st
         w.wait_log("tf-worker-1", "round 5 pushed")  # mid-run, connected to the PS through its Service
         old = before["tf-worker-1"]
         os.kill(w.main_pid(old, "tensorflow"), signal.SIGKILL)
-
+        [cs] = w.ended(rec, old, names)["status"]["containerStatuses"]
+        assert cs["state"]["terminated"]["exitCode"] == 137, cs  # as the kernel killed it
         new = w.replaced("tf-worker-1", old["metadata"]["uid"], names)
         new_port = _host_port(new)
         assert new_port != port["tf-worker-1"] and new_port in holes, (new_port, port, holes)
@@ -420,12 +443,7 @@ def test_host_network_tfjob_survives_a_killed_worker(real_node: RealNode, ns: st
         wait_for(lambda: any(_ready(o) for _, _, o in rec.of("pods", "tf-worker-1")
                              if o["metadata"]["uid"] == new["metadata"]["uid"]), 30, "the watch caught up",
                  interval=0.3)
-    # the killed pod ended as the kernel killed it: exit 137, and nothing but it was replaced
-    ends = [o for _, _, o in rec.of("pods", "tf-worker-1") if o["metadata"]["uid"] == old["metadata"]["uid"]
-            and (o.get("status") or {}).get("phase") == "Failed"]
-    assert ends, "the killed worker's pod never showed Failed"
-    [cs] = ends[-1]["status"]["containerStatuses"]
-    assert cs["state"]["terminated"]["exitCode"] == 137, cs
+    # nothing but the killed pod was replaced
     after = w.pods()
     for n in ("tf-ps-0", "tf-worker-0"):
         _not_restarted(before[n], after[n])
@@ -456,7 +474,7 @@ def test_host_network_tfjob_survives_a_killed_worker(real_node: RealNode, ns: st
     # host ports: all four distinct, none a port a host process held
     assert len({*port.values(), new_port}) == 4 and not ({*port.values(), new_port} & set(held))
     print(f"TFJob: ports {port} -> worker-1 {new_port}; worker 1 resumed at round {resumed}; "
-          f"{time.monotonic() - t0:.1f}s")
+          f"{time.monotonic() - t0:.1f}s; {_not_yet(w, names)}")
 
 
 def test_host_network_pytorchjob_survives_a_deleted_worker(real_node: RealNode, ns: str, controller: Controller,
@@ -525,4 +543,4 @@ def test_host_network_pytorchjob_survives_a_deleted_worker(real_node: RealNode, 
     assert "ServiceRetargeted" in reasons, reasons
     assert len({*port.values(), new_port}) == 4 and not ({*port.values(), new_port} & set(held))
     print(f"PyTorchJob: ports {port} -> worker-1 {new_port}; rank 2 resumed at round {resumed}; "
-          f"{time.monotonic() - t0:.1f}s")
+          f"{time.monotonic() - t0:.1f}s; {_not_yet(w, names)}")

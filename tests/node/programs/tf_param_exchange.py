@@ -16,6 +16,7 @@ Runs in every replica of a TFJob (test image `railnet.local/testbox`, mounted fr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -74,6 +75,30 @@ def connect(addr: str, deadline: float) -> socket.socket:
             time.sleep(0.3)
 
 
+def connect_ps(addr: str, deadline: float) -> tuple[socket.socket, BinaryIO]:
+    """Connect to the PS and read its banner; anything else on the other end is not the PS (yet).
+
+    A Service's ClusterIP reaches its endpoint only once kube-proxy has written the rules for it; a
+    connection made before that goes wherever the host routes the address (gRPC's handshake fails
+    it the same way), so a missing or wrong banner means: close and try again."""
+    while True:
+        s = connect(addr, deadline)
+        s.settimeout(5)
+        f = s.makefile("rwb")
+        line, banner = b"", None
+        with contextlib.suppress(OSError, ValueError):
+            line = f.readline()
+            banner = json.loads(line)
+        if isinstance(banner, dict) and banner.get("banner") == "ps":
+            s.settimeout(CONNECT_S + 30)
+            return s, f
+        say(f"{addr} is not the ps yet (answered {line[:60]!r}); retrying")
+        s.close()
+        if time.monotonic() > deadline:
+            raise ConnectionError(f"{addr} never answered as the ps")
+        time.sleep(0.5)
+
+
 class Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True  # SO_REUSEADDR: a port some socket LISTENs on still fails with EADDRINUSE
     daemon_threads = True
@@ -118,6 +143,7 @@ def ps(cfg: dict[str, Any]) -> int:
         def handle(self) -> None:
             nonlocal params
             try:
+                send(self.wfile, {"banner": "ps", "port": port})
                 while True:
                     msg = recv(self.rfile)
                     w = int(msg["worker"])
@@ -173,9 +199,7 @@ def worker(cfg: dict[str, Any]) -> int:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     say(f"worker {index} (incarnation {nonce}) serving on host port {port}")
     ps_addr = cfg["cluster"]["ps"][0]
-    s = connect(ps_addr, time.monotonic() + CONNECT_S)
-    s.settimeout(CONNECT_S + 30)
-    f = s.makefile("rwb")
+    s, f = connect_ps(ps_addr, time.monotonic() + CONNECT_S)
     send(f, {"op": "hello", "worker": index, "nonce": nonce})
     resume = recv(f)["resume"]
     say(f"connected to ps at {ps_addr}; resuming at round {resume}")

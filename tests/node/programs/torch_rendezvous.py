@@ -13,6 +13,7 @@ Python standard library only, no framework.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -77,6 +78,7 @@ def master(port: int, world: int) -> int:
     class Handler(socketserver.StreamRequestHandler):
         def handle(self) -> None:
             try:
+                send(self.wfile, {"banner": "master", "port": port})
                 while True:
                     msg = recv(self.rfile)
                     rank = int(msg["rank"])
@@ -116,19 +118,40 @@ def master(port: int, world: int) -> int:
         return 0 if result()["ok"] else 3
 
 
-def rank_main(addr: str, port: int, rank: int, world: int) -> int:
+def connect_master(addr: str, port: int) -> tuple[socket.socket, BinaryIO] | None:
+    """Connect to the master and read its banner; anything else on the other end is not the master (yet).
+
+    A Service's ClusterIP reaches its endpoint only once kube-proxy has written the rules for it; a
+    connection made before that goes wherever the host routes the address, so a missing or wrong
+    banner means: close and try again (as a rendezvous client's handshake would)."""
     deadline = time.monotonic() + WAIT_S
-    while True:
+    while time.monotonic() < deadline:
         try:
             s = socket.create_connection((addr, port), timeout=10)
-            break
-        except OSError as exc:
-            if time.monotonic() > deadline:
-                say(f"cannot reach the master at {addr}:{port}: {exc}")
-                return 5
+        except OSError:
             time.sleep(0.3)
-    s.settimeout(WAIT_S + 30)
-    f = s.makefile("rwb")
+            continue
+        s.settimeout(5)
+        f = s.makefile("rwb")
+        line, banner = b"", None
+        with contextlib.suppress(OSError, ValueError):
+            line = f.readline()
+            banner = json.loads(line)
+        if isinstance(banner, dict) and banner.get("banner") == "master":
+            s.settimeout(WAIT_S + 30)
+            return s, f
+        say(f"{addr}:{port} is not the master yet (answered {line[:60]!r}); retrying")
+        s.close()
+        time.sleep(0.5)
+    return None
+
+
+def rank_main(addr: str, port: int, rank: int, world: int) -> int:
+    joined = connect_master(addr, port)
+    if joined is None:
+        say(f"cannot reach the master at {addr}:{port}")
+        return 5
+    s, f = joined
     send(f, {"op": "hello", "rank": rank})
     resume = recv(f)["resume"]
     say(f"rank {rank} of {world} joined the master at {addr}:{port}; resuming at round {resume}")
