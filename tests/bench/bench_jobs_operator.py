@@ -392,12 +392,12 @@ class Controller:
         return "    (no log)"
 
 
-def start_railnet(cluster: DevCluster, workers: int, logdir: Path) -> Controller:
+def start_railnet(cluster: DevCluster, workers: int, logdir: Path, extra: tuple[str, ...] = ()) -> Controller:
     log = logdir / f"railnet-{time.monotonic_ns()}.log"
     port = _free_port()
     argv = [sys.executable, "-m", "railnet.cli", "controller", f"--kubeconfig={cluster.kubeconfig}",
             "--no-leader-elect", f"--workers={workers}", "--no-gang-scheduling", f"--metrics-port={port}",
-            "--metrics-addr=127.0.0.1", "--log-level=info"]
+            "--metrics-addr=127.0.0.1", "--log-level=info", *extra]
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 preexec_fn=_die_with_parent)
@@ -543,9 +543,10 @@ def turn(cluster: DevCluster, client: Client, who: str, rnd: int, args: argparse
     try:
         _wait(lambda: client.request("GET", f"/api/v1/namespaces/{ns}/serviceaccounts/default")[0] == 200, 60,
               f"ServiceAccount default in {ns}")
-        start = start_railnet if who == RAILNET else (
-            lambda c, w, d: start_operator(client, c, w, d))
-        ctl = start(cluster, args.workers, logdir)
+        if who == RAILNET:
+            ctl = start_railnet(cluster, args.workers, logdir, tuple(args.railnet_arg))
+        else:
+            ctl = start_operator(client, cluster, args.workers, logdir)
         try:
             follower = PodFollower(client, ns, total)
             follower.start()
@@ -662,6 +663,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kind", choices=sorted(KINDS), default="pytorchjob")
     p.add_argument("--workers", type=int, default=8, help="reconcile workers of both controllers")
     p.add_argument("--only", choices=(RAILNET, "operator"), help="run one controller only")
+    p.add_argument("--railnet-arg", action="append", default=[], metavar="ARG",
+                   help="extra flag for `railnet controller` (repeatable), e.g. --railnet-arg=--create-parallelism=32")
     p.add_argument("--timeout", type=float, default=900, help="seconds per turn until all pods are Running")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
@@ -684,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
          f"{args.nodes} kwok nodes ({pods_per_node} pods each), {args.workers} workers each, rounds {args.repeat}; "
          f"railnet controller vs Kubeflow training operator {peers.TRAINING_OPERATOR_VERSION} "
          f"({'measured' if peer else 'not run'}); {os.cpu_count()} CPUs, load average {_load()}; railnet at "
-         f"{_revision()}")
+         f"{_revision()}" + (f"; railnet controller flags added: {' '.join(args.railnet_arg)}" if args.railnet_arg else ""))
     options = Options(kwok_parallelism=16, kwok_log_level="WARN")
     results: list[Result] = []
     logdir = Path(tempfile.mkdtemp(prefix="bench-jobs-operator-"))
