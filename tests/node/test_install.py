@@ -140,6 +140,7 @@ class Installed:
         lay = self.rn.layout
         pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"railnet-uninstall-{self.tag}"},
                "spec": {"nodeSelector": {node.REAL_NODE_LABEL: "true"}, "restartPolicy": "Never",
+                        "hostNetwork": True,  # railnet is the node's CNI until this pod has run
                         "containers": [{"name": "uninstall", "image": self.image.ref, "imagePullPolicy": "Never",
                                         "args": ["install-cni", "--uninstall", f"--dest={lay.cni_bin}",
                                                  f"--conf-dir={lay.cni_conf}"],
@@ -208,10 +209,17 @@ def installed(real_node: RealNode, image: images.Image) -> Iterator[Installed]:
             inst.rolled_out()
             yield inst
         finally:
-            with contextlib.suppress(Exception):
-                if (real_node.layout.cni_bin / "railnet").exists():
+            failure = None
+            if (real_node.layout.cni_bin / "railnet").exists():  # a test failed before uninstalling
+                try:
                     inst.uninstall()
+                except Exception as exc:  # still leave the node's CNI dirs as they were
+                    failure = exc
+                    install.main(["--uninstall", "--dest", str(real_node.layout.cni_bin),
+                                  "--conf-dir", str(real_node.layout.cni_conf)])
             inst.remove_rest()
+            if failure is not None:
+                raise failure
 
 
 def test_the_daemonset_installs_railnet_and_a_pod_gets_its_rails(installed: Installed, ns: str) -> None:
@@ -261,7 +269,7 @@ def test_a_rolling_update_while_pods_are_created_fails_no_cni_call(installed: In
 
     def create() -> None:
         i = 0
-        while not stop.is_set() and i < 40:
+        while not stop.is_set() and i < 25:
             name = f"roll-{i}"
             rn.core.create_namespaced_pod(ns, with_rails(h.sleeper(name)))
             created.append(name)
