@@ -37,7 +37,7 @@ from railnet.dev.images import Image, ImageError, Log, _locked, _run, _say, writ
 REPO: Final = Path(__file__).resolve().parents[2]
 PACKAGES: Final = ("cni", "ipam", "netmanager", "scheduler", "railnet", "jobs")
 SUITE: Final = "bookworm"  # python3 is 3.11 there: the wheels below are for cp311
-BASE_PACKAGES: Final = ("python3",)
+BASE_PACKAGES: Final = ("python3", "libstdc++6")  # libstdc++6: google-re2 (cel-python, the scheduler)
 EXTRAS: Final = ("kube", "scheduler")
 SITE: Final = "opt/railnet/site-packages"
 USER: Final = "65532:65532"
