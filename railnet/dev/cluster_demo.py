@@ -54,9 +54,9 @@ class Progress:
     def __init__(self) -> None:
         self.n, self.t0, self.step_t0 = 0, time.monotonic(), time.monotonic()
 
-    def step(self, text: str) -> None:
+    def step(self, text: str, at: int | None = None) -> None:
         self.done()
-        self.n += 1
+        self.n = at or self.n + 1
         self.step_t0 = time.monotonic()
         print(f"[{self.n}/{STEPS}] {text}", flush=True)
 
@@ -318,7 +318,7 @@ class Demo:
                    if ln.startswith("railnet_ipam_allocated_addresses"))
 
     def teardown(self) -> None:
-        self.p.step("teardown: jobs deleted (CNI DEL releases the rails), cluster down, leak check")
+        self.p.step("teardown: jobs deleted (CNI DEL releases the rails), cluster down, leak check", at=STEPS)
         leaks: list[str] = []
         if self.dev.state():
             try:
@@ -359,6 +359,8 @@ class Demo:
             ok = not self.failures
         except (DemoError, Exception) as exc:  # noqa: BLE001 — every failure ends the demo with its reason
             self.failures.append(f"step {self.p.n} failed: {exc}")
+        except KeyboardInterrupt:
+            self.failures.append(f"interrupted in step {self.p.n}")
         finally:
             try:
                 self.teardown()
