@@ -43,7 +43,7 @@ from scheduler.live.kubeapi import KubeApi, endpoint_from_config
 
 T = TypeVar("T")
 NS, SYSTEM = cj.NAMESPACE, "railnet-system"
-STEPS = 8
+STEPS = 7
 
 
 class DemoError(RuntimeError):
