@@ -311,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
                              "can bind it during a rolling update)")
     parser.add_argument("--metrics-address", default="",
                         help="address for --metrics-port (default: all addresses)")
+    parser.add_argument("--ready-file", type=Path,
+                        help="write the served socket's inode here when serving (pod-local; the readiness probe "
+                             "checks it: netmanager.probe --ready-file)")
     parser.add_argument("--probe", action="store_true",
                         help="readiness check instead of serving: one CNI VERSION round trip on --socket; "
                              "exit 0 when served")
@@ -319,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.probe:
         from netmanager import probe
 
-        return probe.main(["--socket", str(args.socket)])
+        return probe.main(["--socket", str(args.socket)] +
+                          (["--ready-file", str(args.ready_file)] if args.ready_file else []))
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLogFormatter())
@@ -407,9 +411,15 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if args.ready_file is not None:
+        from netmanager.probe import write_ready_file
+
+        write_ready_file(args.ready_file, args.socket)
     log.info("serving", extra={"fields": {"socket": str(args.socket), "state": str(args.state_dir),
                                           "workers": args.workers, "metrics_port": args.metrics_port}})
     server.serve_forever()
+    if args.ready_file is not None:
+        args.ready_file.unlink(missing_ok=True)
     server.shutdown()  # finishes the calls in hand and the ones already queued, removes our socket
     if metrics_server is not None:
         metrics_server.close()

@@ -5,6 +5,11 @@ VERSION request for the `railnet` plugin, read the reply. It passes only when th
 a worker picks the call up, the dispatcher answers, and the answer is a well-formed CNI reply
 listing the spec versions. Standard library only (plus the wire format), so the kubelet's exec
 probe costs a fraction of a second, not an agent import.
+
+With `--ready-file` it is this pod's agent that must be serving: during a rolling update the old
+and the new agent share the socket path, and a call answered by the old one says nothing about the
+new one. The agent writes the inode of the socket it serves to that (pod-local) file when it starts
+serving; the probe passes only if the path is that socket.
 """
 
 from __future__ import annotations
@@ -56,13 +61,38 @@ def round_trip(path: Path, timeout: float = 5.0) -> float:
     return time.monotonic() - started
 
 
+def write_ready_file(ready_file: Path, socket_path: Path) -> None:
+    """Agent side: record the socket we serve (temp + rename: a probe never reads half a file)."""
+    tmp = ready_file.with_name(f".{ready_file.name}.tmp")
+    tmp.write_text(f"{os.stat(socket_path).st_ino}\n")
+    tmp.replace(ready_file)
+
+
+def check_ours(ready_file: Path, socket_path: Path) -> None:
+    """ProbeError unless the socket at the path is the one this pod's agent serves."""
+    try:
+        ours = int(ready_file.read_text().strip())
+    except (OSError, ValueError):
+        raise ProbeError(f"this agent is not serving yet ({ready_file} not written)") from None
+    try:
+        current = os.stat(socket_path).st_ino
+    except OSError as exc:
+        raise ProbeError(f"{socket_path}: {exc.strerror}") from None
+    if current != ours:
+        raise ProbeError(f"{socket_path} is another agent's (a takeover in progress, or handed over)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="railnet agent --probe", description=__doc__.split("\n")[0])
     parser.add_argument("--socket", type=Path, default=Path(os.environ.get("RAILNET_AGENT_SOCKET",
                                                                                "/run/railnet/agent.sock")))
     parser.add_argument("--timeout", type=float, default=5.0)
+    parser.add_argument("--ready-file", type=Path,
+                        help="also require that the socket is the one this agent serves (readiness in a DaemonSet)")
     args, _ = parser.parse_known_args(argv)  # the agent's other flags may be passed along unchanged
     try:
+        if args.ready_file is not None:
+            check_ours(args.ready_file, args.socket)
         seconds = round_trip(args.socket, args.timeout)
     except ProbeError as exc:
         print(f"not ready: {exc}", file=sys.stderr)

@@ -161,15 +161,21 @@ def test_a_rolling_update_under_load_fails_no_call_and_keeps_the_state(agents: A
 
 
 def test_a_call_in_flight_on_the_old_agent_finishes_before_the_new_one_serves(agents: Agents) -> None:
-    agents.start()
+    ready = [agents.root / "a.ready", agents.root / "b.ready"]  # pod-local files in a DaemonSet
+
+    def is_ready(n: int) -> bool:
+        return probe.main(["--socket", str(agents.socket), "--ready-file", str(ready[n]), "--timeout", "2"]) == 0
+
+    agents.start("--ready-file", str(ready[0]))
     agents.wait_log(0, '"serving"')
+    assert is_ready(0)
     request = encode_request(ShimRequest("railnet-ipam", {
         "CNI_COMMAND": "ADD", "CNI_CONTAINERID": "slow", "CNI_IFNAME": "net1", "CNI_NETNS": "/proc/self/ns/net",
         "CNI_PATH": str(agents.bin)}, json.dumps(CONF)))
     slow = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     slow.connect(str(agents.socket))
     slow.sendall(request[:20])  # the old agent's worker holds this call
-    agents.start()
+    agents.start("--ready-file", str(ready[1]))
     deadline = time.monotonic() + 20
     while agents.procs[1].poll() is None and "took over" not in agents.log(1):
         assert time.monotonic() < deadline, agents.log(1)
@@ -177,6 +183,7 @@ def test_a_call_in_flight_on_the_old_agent_finishes_before_the_new_one_serves(ag
     with pytest.raises(probe.ProbeError, match="no reply"):  # queued on the new socket, not served yet
         probe.round_trip(agents.socket, timeout=1.0)
     assert "handed over" not in agents.log(0)
+    assert not is_ready(1), "the new pod is ready only once its own agent serves"
     slow.sendall(request[20:])
     slow.shutdown(socket.SHUT_WR)
     slow.settimeout(15)
@@ -188,6 +195,7 @@ def test_a_call_in_flight_on_the_old_agent_finishes_before_the_new_one_serves(ag
     assert code == 0 and b'"10.123.' in body, body
     agents.wait_log(1, '"serving"')
     assert probe.main(["--socket", str(agents.socket)]) == 0
+    assert is_ready(1) and not is_ready(0)  # the old pod's agent has handed over
     assert agents.call("DEL", "slow").ok
 
 
