@@ -31,6 +31,7 @@ from kubernetes import client, dynamic
 
 from cni import install
 from cni.meta import netconf
+from netmanager import probe
 from railnet.dev import chart, images, k8sbin, node, railnet_image
 from railnet.dev.lab import Lab
 from tests.kube import kubeutil
@@ -276,8 +277,21 @@ def test_a_rolling_update_while_pods_are_created_fails_no_cni_call(installed: In
             i += 1
             time.sleep(1.0)
 
-    creator = threading.Thread(target=create)
+    socket_path = installed.socket_dir / "agent.sock"
+    answered: list[float] = []
+    unanswered: list[str] = []
+
+    def call_the_socket() -> None:  # what every shim would see, 20 times a second
+        while not stop.is_set():
+            try:
+                answered.append(probe.round_trip(socket_path, timeout=30))
+            except probe.ProbeError as exc:
+                unanswered.append(str(exc))
+            time.sleep(0.05)
+
+    creator, caller = threading.Thread(target=create), threading.Thread(target=call_the_socket)
     creator.start()
+    caller.start()
     try:
         time.sleep(3)
         installed.apply(rollout="2")  # a new pod template: the DaemonSet rolls
@@ -286,6 +300,10 @@ def test_a_rolling_update_while_pods_are_created_fails_no_cni_call(installed: In
     finally:
         stop.set()
         creator.join()
+        caller.join()
+    assert not unanswered, (unanswered[:5], len(answered))
+    print(f"rolling update: {len(answered)} socket round trips, none refused; slowest {max(answered):.2f}s",
+          flush=True)
     assert not old & {p.metadata.name for p in installed.agent_pods()}, "the agent pod was not replaced"
     for name in created:
         h.running(rn.core, ns, name, timeout=240)
