@@ -214,6 +214,9 @@ class Demo:
             return obj if code == 200 else None
 
         topo = wait(published, 120, "the agent publishing the real node's NodeTopology")
+        if not topo["spec"].get("nics"):
+            raise DemoError(f"the agent published NodeTopology {self.lay.node_name} without NICs: it did not read "
+                            f"the fixture sysfs {self.sysfs}")
         for p in self.pods(SYSTEM):
             self.p.say(f"{p['metadata']['name']:<40} {p['status'].get('phase')} on {p['spec'].get('nodeName')}")
         self.p.say(f"NodeTopology {self.lay.node_name} (published by the agent): {len(topo['spec']['gpus'])} GPUs, "

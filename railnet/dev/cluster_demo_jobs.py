@@ -59,6 +59,7 @@ def patch_for_dev_cluster(docs: list[JSON], server_host: str, server_port: int, 
             continue
         if doc["kind"] == "DaemonSet":
             agent = spec["containers"][0]
+            agent["args"] = [f"--sysfs={sysfs}" if a.startswith("--sysfs=") else a for a in agent.get("args", [])]
             _set_env(agent, [*env, {"name": "RAILNET_SYSFS_ROOT", "value": str(sysfs)}])
             agent.setdefault("volumeMounts", []).append({"name": "fixture-sys", "mountPath": str(sysfs),
                                                          "readOnly": True})

@@ -28,6 +28,7 @@ def test_values_render_and_patches_reach_every_component(tmp_path: Path) -> None
         assert spec["hostNetwork"] is True, name
     agent = workloads["railnet-node"]["containers"][0]
     assert {"name": "RAILNET_SYSFS_ROOT", "value": "/tmp/fixture-sys"} in agent["env"]
+    assert [a for a in agent["args"] if a.startswith("--sysfs")] == ["--sysfs=/tmp/fixture-sys"]
     [nad] = [d for d in docs if d["kind"] == "NetworkAttachmentDefinition"]
     assert nad["metadata"]["namespace"] == cj.NAMESPACE
     assert json.loads(nad["spec"]["config"])["rail"] == "auto"
