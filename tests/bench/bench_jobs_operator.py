@@ -5,6 +5,7 @@ kube-scheduler binds it), and each controller's peak RSS and CPU seconds.
 
     .venv/bin/python tests/bench/bench_jobs_operator.py [--jobs 100] [--replicas 8] [--nodes 8]
         [--repeat 1] [--kind pytorchjob|tfjob] [--workers 8] [--only railnet|operator] [--json]
+        [--railnet-arg=--create-parallelism=32 ...] [--timeout 900]
 
 One dev cluster (kube-apiserver, KCM, kube-scheduler, kwok; owned by this process) serves both
 controllers, one after the other; `--repeat N` runs N rounds and alternates the order (railnet first
