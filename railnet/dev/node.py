@@ -902,6 +902,7 @@ def start(cluster: Any, state: dict[str, Any], log: Log, deadline: float) -> Non
     log(f"    node {lay.node_name} Ready in {time.monotonic() - t0:.1f}s (pods {pod_cidr} on {lay.bridge})")
 
     _create(api, coredns_rbac())
+    guard_service_cidr(log)
     ph, pm = _free_port(), _free_port()
     (lay.dir / "kube-proxy.yaml").write_text(json.dumps(kube_proxy_config(lay, kubeconfigs["kube-proxy"], ph, pm),
                                                               indent=2))
@@ -919,6 +920,31 @@ def start(cluster: Any, state: dict[str, Any], log: Log, deadline: float) -> Non
     state["node"].update(kubelet_port=port, dns_port=dns_port)
     cluster._save(state)
     log(f"    kube-proxy and CoreDNS up ({DNS_SERVICE_IP} -> {ip}:{dns_port}) in {time.monotonic() - t0:.1f}s")
+
+
+SERVICE_GUARD: Final = "KUBE-RAILNET-DEV-GUARD"  # KUBE- prefix: `down` removes it with kube-proxy's chains
+
+
+def guard_service_cidr(log: Log) -> None:
+    """Reject traffic to a ClusterIP kube-proxy has not programmed (yet): without this it follows the
+    machine's default route and leaves the machine. filter runs after nat, so every Service kube-proxy
+    already DNATs is untouched; host processes (OUTPUT) and pods (FORWARD) are both covered."""
+    from railnet.dev.devcluster import SERVICE_CIDR
+
+    def ipt(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["iptables", "-w", "-t", "filter", *args], capture_output=True, text=True, timeout=30)
+
+    if ipt("-n", "-L", SERVICE_GUARD).returncode != 0:
+        ipt("-N", SERVICE_GUARD)
+    ipt("-F", SERVICE_GUARD)
+    ipt("-A", SERVICE_GUARD, "-d", SERVICE_CIDR, "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset")
+    ipt("-A", SERVICE_GUARD, "-d", SERVICE_CIDR, "-j", "REJECT", "--reject-with", "icmp-net-unreachable")
+    for hook in ("OUTPUT", "FORWARD"):
+        if ipt("-C", hook, "-j", SERVICE_GUARD).returncode != 0:
+            done = ipt("-I", hook, "1", "-j", SERVICE_GUARD)
+            if done.returncode != 0:
+                raise NodeError(f"iptables -I {hook} -j {SERVICE_GUARD}: {done.stderr.strip()}")
+    log(f"    unprogrammed ClusterIPs in {SERVICE_CIDR} are rejected on this machine ({SERVICE_GUARD})")
 
 
 def _create(api: Any, objects: list[tuple[str, dict[str, Any]]]) -> None:

@@ -74,6 +74,36 @@ def test_service_dns_from_a_pod_and_a_host_network_pod(real_node: RealNode, ns: 
     assert node.DNS_SERVICE_IP in resolv, resolv
 
 
+PROBE = ("import socket, sys\n"
+         "try:\n"
+         "    socket.create_connection((sys.argv[1], 80), timeout=5); print('connected')\n"
+         "except ConnectionRefusedError: print('refused')\n"
+         "except OSError as e: print(type(e).__name__, e)\n")
+
+
+def test_a_clusterip_with_no_rules_is_refused_on_the_machine(real_node: RealNode, ns: str) -> None:
+    """Traffic to a ClusterIP kube-proxy has not programmed must not follow the machine's default route
+    out: the node rejects it (railnet.dev.node.guard_service_cidr), from pods and from the host."""
+    import ipaddress
+    import socket
+
+    from railnet.dev.devcluster import SERVICE_CIDR
+
+    unused = str(ipaddress.ip_network(SERVICE_CIDR).broadcast_address - 1)  # no Service gets this one here
+    core = real_node.core
+    core.create_namespaced_pod(ns, h.sleeper("client"))
+    core.create_namespaced_pod(ns, h.sleeper("hostclient", host_network=True))
+    for name in ("client", "hostclient"):
+        h.running(core, ns, name)
+        assert _exec(real_node, ns, name, "python3", "-c", PROBE, unused).strip() == "refused", name
+    started = time.monotonic()
+    try:
+        socket.create_connection((unused, 80), timeout=5).close()
+        raise AssertionError(f"connected to {unused}:80, an address no Service holds")
+    except ConnectionRefusedError:
+        assert time.monotonic() - started < 2
+
+
 def test_privileged_host_network_daemonset_with_host_path(real_node: RealNode, ns: str) -> None:
     host_dir = real_node.layout.dir / "ds-hostpath"
     host_dir.mkdir(exist_ok=True)
