@@ -117,10 +117,14 @@ def test_reinstalling_while_the_runtime_execs_the_plugin_never_runs_a_partial_fi
 
     def execs() -> None:
         while not stop.is_set():
-            proc = subprocess.run([str(bin_dir / "railnet-ipam")], input=b'{"cniVersion":"1.0.0"}',
-                                  capture_output=True, env={"CNI_COMMAND": "VERSION"}, check=False)
+            try:
+                proc = subprocess.run([str(bin_dir / "railnet-ipam")], input=b'{"cniVersion":"1.0.0"}',
+                                      capture_output=True, env={"CNI_COMMAND": "VERSION"}, check=False)
+            except OSError as exc:  # ETXTBSY: a file being written is exec'd (what write-in-place gives)
+                failures.append(exc)
+                continue
             if proc.returncode != 0 or not proc.stdout.startswith(b'{"cniVersion"'):
-                failures.append(proc)
+                failures.append(proc)  # a torn script
 
     runner = threading.Thread(target=execs)
     runner.start()
