@@ -289,7 +289,7 @@ class Demo:
         for (name, state), leader in zip(states.items(), ("tf-ps-0", "pt-master-0"), strict=True):
             result = next((ln for ln in self.log(leader).splitlines() if ln.startswith("RESULT ")), "")
             summary = json.loads(result[len("RESULT "):]) if result else {}
-            if "rounds" in summary:  # the PS: every round of every worker applied
+            if isinstance(summary.get("rounds"), dict):  # the PS: every round of every worker applied
                 what = ", ".join(f"worker {w}: {len(r)} rounds" for w, r in sorted(summary["rounds"].items()))
             else:  # the master: every round holds every rank's value
                 what = f"world {summary.get('world')}, all rounds complete: {summary.get('complete')}"
