@@ -233,11 +233,17 @@ class SchedulerCache:
     # DRA (claims.py): slices, claims and classes; what claims hold is kept out of the core's reach
     def replace_slices(self, items: list[JSON]) -> None:
         with self.lock:
-            self._dra_changed(self.dra.replace_slices(items), freed=True)
+            touched = self.dra.replace_slices(items)
+            self.dirty = True
+            self._dra_changed(touched, freed=True)
 
     def on_slice(self, kind: str, obj: JSON) -> None:
         with self.lock:
-            self._dra_changed(self.dra.on_slice(kind, obj), freed=True)
+            before = len(self.dra.nodes_with_devices())
+            touched = self.dra.on_slice(kind, obj)
+            if len(self.dra.nodes_with_devices()) != before:
+                self.dirty = True  # a node gained or lost its devices: rebuild (see _node)
+            self._dra_changed(touched, freed=True)
 
     def replace_claims(self, items: list[JSON]) -> None:
         with self.lock:
@@ -460,6 +466,10 @@ class SchedulerCache:
     def _node(self, index: int, name: str) -> Node:
         obj = self.nodes[name]
         res = objects.node_resources(obj, self.gpu, self.rdma)
+        spec = self.topologies.get(name)
+        if spec and not res.gpus and not res.rdma and name in self.dra.nodes_with_devices():
+            # a DRA node advertises no extended resources: its devices are its NodeTopology's
+            res = replace(res, gpus=len(spec.get("gpus") or []), rdma=len(spec.get("nics") or []))
         topo, model = self.topology(name, res)
         return new_node(index, name, res.cpu_milli, res.memory_mib, model, topology=topo,
                         labels=obj["metadata"]["labels"])

@@ -34,11 +34,12 @@ def gpus(count: int) -> list[dict[str, Any]]:
     return [{"name": "gpu", "exactly": {"deviceClassName": GPU, "count": count}}]
 
 
-def scheduler() -> Scheduler:
-    cache = cache_with([node("a")], topology_object("a"))
+def scheduler(extended: bool = True) -> Scheduler:
+    cache = cache_with([node("a") if extended else node("a", gpus=0, nics=0)], topology_object("a"))
     topo = fixture_gpu.topology("a")
     cache.replace_slices([fixture_gpu.gpu_slice("a", topo), fixture_gpu.nic_slice("a", topo)])
     cache.replace_classes([fixture_gpu.device_class(GPU, GPU), fixture_gpu.device_class("rdma.railnet.io", "rdma.railnet.io")])
+    cache.rebuild()  # new slices mark the cluster dirty; the loop rebuilds at the start of a cycle
     return Scheduler(None, cache, Metrics(), lambda: True, dry_run=True, reserve=False)  # type: ignore[arg-type]
 
 
@@ -72,3 +73,13 @@ def test_a_claim_the_controller_manager_has_not_made_yet_waits_quietly() -> None
     sched.cache.on_pod("ADDED", body)
     assert sched.cycle() == []
     assert not sched.cache.cluster.allocations
+
+
+def test_a_node_that_advertises_no_extended_resources_is_placed_from_its_slices_and_topology() -> None:
+    sched = scheduler(extended=False)
+    cache = sched.cache
+    assert cache.cluster.nodes[0].gpu_count == 8 and cache.cluster.nodes[0].nic_count == 8
+    cache.replace_claims([claim("pair", gpus(1) + [{"name": "nic", "exactly": {"deviceClassName": "rdma.railnet.io"}}])])
+    cache.on_pod("ADDED", claim_pod("p", "pair"))
+    [decision] = sched.cycle()
+    assert decision.node == "a" and len(cache.dra.assumed["uid-pair"]) == 2
