@@ -66,6 +66,10 @@ class Installed:
     def render(self, primary: str = PRIMARY, rollout: str = "1") -> list[dict[str, Any]]:
         lay = self.rn.layout
         repo, tag = self.image.ref.rsplit(":", 1)
+        # node.apiServer: the dev API server listens on 127.0.0.1 and the node's kube-proxy does not route
+        # host-network traffic for the kubernetes Service to it
+        server = urllib.parse.urlsplit(yaml.safe_load(self.rn.cluster.kubeconfig.read_text())["clusters"][0]
+                                       ["cluster"]["server"])
         values = {
             "image": {"repository": repo, "tag": tag, "pullPolicy": "Never"},
             "components": {"node": True, "dra": False, "controller": False, "scheduler": False, "ipam": False},
@@ -73,6 +77,7 @@ class Installed:
             "node": {"socket": str(self.socket_dir / "agent.sock"), "stateDir": str(self.state_dir),
                      "kubeletDir": str(lay.kubelet_root), "cdiDir": str(lay.cdi_dir),
                      "metricsPort": self.metrics_port, "publishTopologySeconds": 60,
+                     "apiServer": {"host": server.hostname, "port": server.port},
                      "nodeSelector": {node.REAL_NODE_LABEL: "true"}},
         }
         values_file = self.state_dir.parent / f"values-{self.tag}.yaml"
@@ -80,16 +85,9 @@ class Installed:
         docs = [d for d in yaml.safe_load_all(chart.template("--values", str(values_file), values=None,
                                                              include_crds=False)) if d]
         values_file.unlink()
-        server = urllib.parse.urlsplit(yaml.safe_load(self.rn.cluster.kubeconfig.read_text())["clusters"][0]
-                                       ["cluster"]["server"])
         for doc in docs:  # a changed pod template rolls the DaemonSet
             if doc["kind"] == "DaemonSet":
                 doc["spec"]["template"]["metadata"].setdefault("annotations", {})["railnet.io/test-rollout"] = rollout
-                # node.apiServer (not in the values schema yet): the dev API server listens on 127.0.0.1 and the
-                # node's kube-proxy does not route host-network traffic for the kubernetes Service to it.
-                doc["spec"]["template"]["spec"]["containers"][0]["env"] += [
-                    {"name": "KUBERNETES_SERVICE_HOST", "value": server.hostname},
-                    {"name": "KUBERNETES_SERVICE_PORT", "value": str(server.port)}]
         return docs
 
     def apply(self, **kw: str) -> None:
