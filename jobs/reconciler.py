@@ -332,6 +332,7 @@ class Reconciler:
         # missing replicas: created concurrently (independent writes; ports are picked under a lock)
         if failing:  # stamped first, guarded: a stale pass stops here, before deleting anything
             self._stamp_failover(job)
+            self._record_restarts(job, restarts)
             for pod, text in failing:
                 self._delete(job, "Pod", pod)
                 self.metrics.inc("failovers")
@@ -516,6 +517,8 @@ class Reconciler:
                  "spec": {"ports": builder.service_ports(job, rtype, port)}}
         code, answer = self.kube.request("PATCH", f"/api/v1/namespaces/{job.namespace}/services/{meta['name']}",
                                          patch, "application/merge-patch+json")
+        if code == 409:  # our cached Service is older than the server's (e.g. our own last retarget): its
+            raise _Stale(job.key)  # watch event runs the pass again with the news; no warning for that
         if code != 200:
             raise RuntimeError(f"retarget Service {meta['name']}: HTTP {code}: {answer}")
         self._event(job, "ServiceRetargeted", f"{meta['name']} now targets host port {port}", warning=False)
@@ -525,6 +528,22 @@ class Reconciler:
         are deleted (KubeDL writes it just after; guarded like every job patch of a pass, so a pass on a
         stale copy deletes nothing and counts no restart twice)."""
         self._patch_job(job, None, {"metadata": {"annotations": {api.LAST_FAILOVER: status.now()}}})
+
+    def _record_restarts(self, job: api.Job, restarts: dict[str, int]) -> None:
+        """The new restart counts go into the job's status before the failed pods are deleted: a pass that
+        failed after the delete would lose them otherwise (the next pass no longer sees the failed pod).
+        Guarded by the resourceVersion the stamp left, like every write of a pass."""
+        path = api.resource_path(job.group, job.framework.plural, job.namespace, job.name) + "/status"
+        body: JSON = {"status": {"replicaStatuses": {r: {"restarts": n} for r, n in restarts.items() if n}}}
+        rv = getattr(self._rv, "value", None)
+        if rv:
+            body["metadata"] = {"resourceVersion": rv}
+        code, answer = self.kube.request("PATCH", path, body, "application/merge-patch+json")
+        if code == 409:
+            raise _Stale(job.key)
+        if code != 200:
+            raise RuntimeError(f"restarts of {job.key}: HTTP {code}: {answer}")
+        self._rv.value = answer["metadata"]["resourceVersion"]
 
     def _ensure_podgroup(self, job: api.Job) -> None:
         if job.uid in self.podgroups:
@@ -565,7 +584,8 @@ class Reconciler:
 
 
 class _Stale(Exception):
-    """The job changed since the cache's copy this pass acted on (a resourceVersion-guarded patch got 409)."""
+    """The job (or one of its Services) changed since the cache's copy this pass acted on: a
+    resourceVersion-guarded write got 409."""
 
 
 def _merge(old: JSON, new: JSON) -> JSON:
