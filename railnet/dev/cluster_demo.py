@@ -93,7 +93,7 @@ def point_netdev(sysfs: Path, pci_address: str, netdev: str) -> None:
 
 
 class Demo:
-    def __init__(self, kwok_nodes: int, keep_going: bool = False) -> None:
+    def __init__(self, kwok_nodes: int) -> None:
         self.p = Progress()
         self.kwok_nodes = kwok_nodes
         self.tag = uuid.uuid4().hex[:6]
@@ -121,9 +121,8 @@ class Demo:
             raise DemoError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()[-2000:]}")
         return proc.stdout
 
-    def pods(self, ns: str, selector: str = "") -> list[dict[str, Any]]:
-        q = f"?labelSelector={urllib.parse.quote(selector)}" if selector else ""
-        return list(self.api().get(f"/api/v1/namespaces/{ns}/pods{q}")["items"])
+    def pods(self, ns: str) -> list[dict[str, Any]]:
+        return list(self.api().get(f"/api/v1/namespaces/{ns}/pods")["items"])
 
     # -- the steps ----------------------------------------------------------------------------------------
     def cluster(self) -> None:
@@ -323,7 +322,7 @@ class Demo:
     def teardown(self) -> None:
         self.p.step("teardown: jobs deleted (CNI DEL releases the rails), cluster down, leak check", at=STEPS)
         leaks: list[str] = []
-        if self.dev.state():
+        if self.dev.state() and hasattr(self, "jobs"):
             try:
                 for _, group, plural, body in getattr(self, "jobs", []):
                     self.api().request("DELETE", api.resource_path(group, plural, NS, body["metadata"]["name"]) +
