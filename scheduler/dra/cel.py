@@ -15,10 +15,10 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-import celpy
-from celpy.adapter import json_to_cel
-
 from scheduler.dra.api import Device
+
+# celpy (with lark and pendulum) costs ~16 MiB and is imported on the first selector, not with the
+# module: `railnet controller` imports the scheduler's quota code, which reaches this, and never needs CEL.
 
 
 class SelectorError(ValueError):
@@ -40,7 +40,7 @@ def _activation(device: Device) -> dict[str, Any]:
 
 class Selectors:
     def __init__(self) -> None:
-        self._env = celpy.Environment()
+        self._env: Any = None
         self._programs: dict[str, Any] = {}
         self._results: dict[tuple[str, str], bool] = {}
         self.errors: dict[str, str] = {}  # expression -> last runtime error seen
@@ -49,6 +49,10 @@ class Selectors:
     def _program(self, expression: str) -> Any:
         program = self._programs.get(expression)
         if program is None:
+            if self._env is None:
+                import celpy
+
+                self._env = celpy.Environment()
             try:
                 program = self._env.program(self._env.compile(expression))
             except Exception as exc:  # celpy raises its own parse errors
@@ -63,6 +67,9 @@ class Selectors:
             return found
         with self._lock:
             program = self._program(expression)
+            import celpy
+            from celpy.adapter import json_to_cel
+
             try:
                 value = program.evaluate(json_to_cel(_activation(device)))
                 ok = isinstance(value, celpy.celtypes.BoolType) and bool(value)
