@@ -93,8 +93,9 @@ def point_netdev(sysfs: Path, pci_address: str, netdev: str) -> None:
 
 
 class Demo:
-    def __init__(self, kwok_nodes: int) -> None:
+    def __init__(self, kwok_nodes: int, fail_over: bool = True) -> None:
         self.p = Progress()
+        self.fail_over = fail_over
         self.kwok_nodes = kwok_nodes
         self.tag = uuid.uuid4().hex[:6]
         self.dev = DevCluster(f"cluster-demo-{self.tag}", owner=True)
@@ -227,7 +228,8 @@ class Demo:
         self.api().call("POST", f"/api/v1/namespaces/{NS}/configmaps", cj.programs_configmap())
         real = {node.REAL_NODE_LABEL: "true"}
         self.jobs = [("TFJob", api.KUBEDL, "tfjobs", cj.tfjob("27500-27515")),
-                     ("PyTorchJob", api.KUBEFLOW, "pytorchjobs", cj.pytorchjob("pt", 1, 2, 2, real)),
+                     ("PyTorchJob", api.KUBEFLOW, "pytorchjobs",
+                      cj.pytorchjob("pt", 1, 2, 2, real, rounds=60 if self.fail_over else cj.ROUNDS)),
                      ("PyTorchJob", api.KUBEFLOW, "pytorchjobs", cj.pytorchjob("big", 1, 8, 8, {"type": "kwok"}))]
         t0 = time.monotonic()
         for kind, group, plural, body in self.jobs:
@@ -269,6 +271,27 @@ class Demo:
             self.failures.append(str(exc))
         print("\n" + cj.table([cj.pod_row(p) for p in running]) + "\n", flush=True)
         self.running_at = time.monotonic() - t0
+        if self.fail_over:
+            self.lose_worker({p["metadata"]["name"]: p for p in running}["pt-worker-0"])
+
+    def lose_worker(self, old: dict[str, Any]) -> None:
+        """Delete pt-worker-0 mid-run (a drain): the controller replaces it, the replacement gets new rails."""
+        wait(lambda: "round 5 sum" in self.log("pt-worker-0"), 60, "pt-worker-0 at round 5")
+        t0 = time.monotonic()
+        self.api().call("DELETE", f"/api/v1/namespaces/{NS}/pods/pt-worker-0")
+        self.p.say("deleted pt-worker-0 mid-run (after round 5)")
+
+        def replaced() -> dict[str, Any] | None:
+            code, pod = self.api().request("GET", f"/api/v1/namespaces/{NS}/pods/pt-worker-0")
+            ok = code == 200 and pod["metadata"]["uid"] != old["metadata"]["uid"] and \
+                pod["status"].get("phase") == "Running" and cj.NETWORK_STATUS in (pod["metadata"].get("annotations") or {})
+            return pod if ok else None
+
+        new = wait(replaced, 120, "pt-worker-0 replaced and running with its rails", interval=0.5)
+        resumed = wait(lambda: next((ln for ln in self.log("pt-worker-0").splitlines() if "resuming at round" in ln),
+                                    None), 60, "the replacement rejoining")
+        self.p.say(f"replacement running after {time.monotonic() - t0:.1f}s: {' | '.join(cj.pod_row(new)[1:6])}")
+        self.p.say(f"pt-worker-0: {resumed.split('; ')[-1]}")
 
     def outcome(self) -> None:
         self.p.step("the jobs' outcome")
@@ -291,7 +314,8 @@ class Demo:
             if isinstance(summary.get("rounds"), dict):  # the PS: every round of every worker applied
                 what = ", ".join(f"worker {w}: {len(r)} rounds" for w, r in sorted(summary["rounds"].items()))
             else:  # the master: every round holds every rank's value
-                what = f"world {summary.get('world')}, all rounds complete: {summary.get('complete')}"
+                joins = ", ".join(f"rank {r} joined {n}x" for r, n in sorted((summary.get("hellos") or {}).items()))
+                what = f"world {summary.get('world')}, all rounds complete: {summary.get('complete')}, {joins}"
             self.p.say(f"{name}: {state} ({time.monotonic() - t0 + self.running_at:.0f}s after creation); "
                        f"{leader}: ok={summary.get('ok')}, {what}")
             if state != "Succeeded" or not summary.get("ok"):
@@ -387,6 +411,8 @@ def _free_port() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="railnet cluster-demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--kwok-nodes", type=int, default=2, help="kwok GPU nodes beside the real node (default 2)")
+    parser.add_argument("--no-fail-over", action="store_true",
+                        help="do not delete a PyTorchJob worker mid-run (its replacement gets new rails)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("railnet cluster-demo: needs root (a real kubelet + containerd node, veths)", file=sys.stderr)
@@ -396,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     images.build_all(log=lambda msg: None)  # the pause and test images (cached)
-    return Demo(args.kwok_nodes).run()
+    return Demo(args.kwok_nodes, fail_over=not args.no_fail_over).run()
 
 
 if __name__ == "__main__":

@@ -110,13 +110,14 @@ def tfjob(port_range: str) -> JSON:
                      "tfReplicaSpecs": {"PS": replica(1, 0), "Worker": replica(2, 1)}}}
 
 
-def pytorchjob(name: str, workers: int, gpus: int, nics: int, selector: dict[str, str]) -> JSON:
+def pytorchjob(name: str, workers: int, gpus: int, nics: int, selector: dict[str, str], rounds: int = ROUNDS) -> JSON:
     """Kubeflow PyTorchJob on the pod network: Master + workers, each with `gpus` GPUs and `nics` RoCE rails."""
     limits = {"nvidia.com/gpu": str(gpus), "rdma/roce": str(nics)}
 
     def replica(n: int) -> JSON:
-        return {"replicas": n, "restartPolicy": "OnFailure",
-                "template": _template("pytorch", "torch_rendezvous.py", "pytorchjob-port", 23456, selector, limits)}
+        tmpl = _template("pytorch", "torch_rendezvous.py", "pytorchjob-port", 23456, selector, limits)
+        tmpl["spec"]["containers"][0]["env"][0]["value"] = str(rounds)
+        return {"replicas": n, "restartPolicy": "OnFailure", "template": tmpl}
 
     return {"apiVersion": f"{api.KUBEFLOW}/v1", "kind": "PyTorchJob", "metadata": {"name": name},
             "spec": {"runPolicy": {"cleanPodPolicy": "None"},
