@@ -34,6 +34,7 @@ class Device:
     capacity: Mapping[str, int]  # qualified name -> base units
     shareable: bool  # allowMultipleAllocations
     sig: str  # what selectors can see: equal on nodes of one shape (the pool name left out)
+    taints: tuple[tuple[str, str, str], ...] = ()  # (key, value, effect) of NoSchedule/NoExecute taints
 
     @property
     def key(self) -> DeviceKey:
@@ -58,9 +59,11 @@ def parse_slice(obj: Mapping[str, Any]) -> list[Device]:
                     attrs[_qualify(driver, name)] = value[kind]
         cap = {_qualify(driver, k): _int(v.get("value", 0)) for k, v in (dev.get("capacity") or {}).items()}
         shareable = bool(dev.get("allowMultipleAllocations"))
-        sig = hashlib.sha1(json.dumps([driver, dev.get("name"), attrs, cap, shareable], sort_keys=True,
+        taints = tuple((str(t.get("key", "")), str(t.get("value", "")), str(t.get("effect", "")))
+                       for t in dev.get("taints") or [] if t.get("effect") in ("NoSchedule", "NoExecute"))
+        sig = hashlib.sha1(json.dumps([driver, dev.get("name"), attrs, cap, shareable, taints], sort_keys=True,
                                       default=str).encode()).hexdigest()
-        out.append(Device(driver, pool, dev["name"], node, attrs, cap, shareable, sig))
+        out.append(Device(driver, pool, dev["name"], node, attrs, cap, shareable, sig, taints))
     return out
 
 
@@ -72,6 +75,22 @@ class Request:
     count: int
     capacity: Mapping[str, int] = field(default_factory=dict)  # capacity.requests
     unsupported: str | None = None
+    tolerations: tuple[tuple[str, str, str, str], ...] = ()  # (key, operator, value, effect)
+
+    def tolerates(self, device: Device) -> bool:
+        """Every NoSchedule/NoExecute taint of the device is tolerated (DeviceToleration's rules: operator
+        Equal (the default) matches key and value, Exists any value, an empty key with Exists every taint;
+        an empty effect matches every effect)."""
+        return all(any(_tolerates(t, taint) for t in self.tolerations) for taint in device.taints)
+
+
+def _tolerates(toleration: tuple[str, str, str, str], taint: tuple[str, str, str]) -> bool:
+    key, operator, value, effect = toleration
+    if effect and effect != taint[2]:
+        return False
+    if operator == "Exists":
+        return not key or key == taint[0]
+    return key == taint[0] and value == taint[1]
 
 
 @dataclass(frozen=True)
@@ -122,7 +141,10 @@ def _request(item: Mapping[str, Any]) -> Request:
         return Request(name, "", (), 0, unsupported="adminAccess")
     selectors = tuple(s["cel"]["expression"] for s in exact.get("selectors") or [] if "cel" in s)
     cap = {k: _int(v) for k, v in ((exact.get("capacity") or {}).get("requests") or {}).items()}
-    return Request(name, exact.get("deviceClassName", ""), selectors, int(exact.get("count") or 1), cap)
+    tolerations = tuple((str(t.get("key", "")), str(t.get("operator") or "Equal"), str(t.get("value", "")),
+                         str(t.get("effect", ""))) for t in exact.get("tolerations") or [])
+    return Request(name, exact.get("deviceClassName", ""), selectors, int(exact.get("count") or 1), cap,
+                   tolerations=tolerations)
 
 
 def parse_claim(obj: Mapping[str, Any]) -> Claim:

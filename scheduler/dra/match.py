@@ -86,13 +86,13 @@ class Matcher:
         class_selectors = classes.get(request.device_class)
         if class_selectors is None:
             raise Unsatisfiable(f"request {request.name}: DeviceClass {request.device_class!r} does not exist")
-        key = (class_selectors, request.selectors, nd.shape)
+        key = (class_selectors, request.selectors, request.tolerations, nd.shape)
         found = self._eligible.get(key)
         if found is None:
             exprs = class_selectors + request.selectors
-            try:
-                found = tuple(pos for pos, dev in enumerate(nd.devices)
-                              if all(self.selectors.matches(e, dev) for e in exprs))
+            try:  # a tainted device (a NIC whose link is down) only for a request that tolerates it
+                found = tuple(pos for pos, dev in enumerate(nd.devices) if request.tolerates(dev)
+                              and all(self.selectors.matches(e, dev) for e in exprs))
             except SelectorError as exc:
                 raise Unsatisfiable(f"request {request.name}: {exc}") from None
             self._eligible[key] = found
