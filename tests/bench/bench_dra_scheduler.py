@@ -1,6 +1,7 @@
 """DRA claims for 1 GPU + 1 RDMA NIC: railnet's scheduler vs kube-scheduler, same cluster, same run.
 
-    .venv/bin/python tests/bench/bench_dra_scheduler.py [--nodes 1000] [--pods 4000] [--topology shared-roots|hgx-h100] [--json]
+    .venv/bin/python tests/bench/bench_dra_scheduler.py [--nodes 1000] [--pods 4000] [--topology shared-roots|hgx-h100]
+        [--churn 0.5] [--seed 1] [--json]
 
 kwok nodes with the hgx-h100 fixture (8 GPUs + 8 RoCE NICs), their NodeTopology, and fixture
 ResourceSlices (``railnet.dev.fixture_gpu``: GPUs of ``gpu.fixture.railnet.io``, NICs of
@@ -15,14 +16,25 @@ root > NUMA > socket itself). The scheduler is paused (SIGSTOP) while the pods a
 the controller manager has made every claim; pods bound per second from its resume to the last bind
 is its throughput (after ``--timeout`` seconds: the rate over the pods bound so far, marked
 ``timed_out``). Then, from the claims' allocations, the share of pods whose GPU and NIC sit under
-the same PCIe switch. The pods are force-deleted and their claims waited out before the next phase.
+the same PCIe switch.
+
+Churn (``--churn FRACTION``, default 0.5, 0 = off): on an empty cluster filled in order kube-scheduler's
+first fit lands on the same switch too, so after the fill a seeded random fraction (``--seed``) of the
+phase's pods -- the same pods by index for both schedulers -- is force-deleted, their claims waited out,
+and as many new pods are created (scheduler paused again until their claims exist). For this refill:
+pods/s, the same-switch share of the new pods' claims, and how many same-switch GPU+NIC pairs were free
+just before it (per node and switch, min(free GPUs, free NICs) from the claims' allocations), so
+``same_switch_possible_share`` = min(1, free pairs / refill pods) is what "100 % whenever one is free"
+is judged against. The pods are force-deleted and their claims waited out before the next phase.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -80,15 +92,58 @@ def switch_of(spec: dict[str, Any]) -> dict[tuple[str, str], str]:
     return out
 
 
-def same_switch_share(cluster: DevCluster, ns: str, switches: dict[tuple[str, str], str]) -> tuple[float, int]:
-    same = total = 0
+def claim_devices(cluster: DevCluster, ns: str) -> list[tuple[str, dict[str, tuple[str, str, str]]]]:
+    """(pod name, request -> (driver, pool = node, device)) of every allocated claim in ``ns``."""
+    out = []
     for claim in cluster.api().get(f"{RES}/namespaces/{ns}/resourceclaims")["items"]:
         results = ((claim.get("status") or {}).get("allocation") or {}).get("devices", {}).get("results") or []
-        by = {r["request"]: switches.get((r["driver"], r["device"])) for r in results}
+        owner = next((o["name"] for o in claim["metadata"].get("ownerReferences") or [] if o.get("kind") == "Pod"), "")
+        out.append((owner, {r["request"]: (r["driver"], r["pool"], r["device"]) for r in results}))
+    return out
+
+
+def same_switch_share(cluster: DevCluster, ns: str, switches: dict[tuple[str, str], str],
+                      pods: set[str] | None = None) -> tuple[float, int]:
+    """Share of the claims (of ``pods`` only, if given) whose GPU and NIC sit under one PCIe switch."""
+    same = total = 0
+    for owner, by in claim_devices(cluster, ns):
+        if pods is not None and owner not in pods:
+            continue
         if "gpu" in by and "nic" in by:
+            gpu, nic = switches.get(by["gpu"][::2]), switches.get(by["nic"][::2])
             total += 1
-            same += bool(by["gpu"]) and by["gpu"] == by["nic"]
+            same += bool(gpu) and gpu == nic
     return (same / total if total else 0.0), total
+
+
+def free_switch_pairs(cluster: DevCluster, ns: str, nodes: list[str], switches: dict[tuple[str, str], str]) -> int:
+    """Same-switch GPU+NIC pairs free now: per node and switch, min(free GPUs, free NICs) (NICs taken whole)."""
+    used: dict[str, set[tuple[str, str]]] = {}
+    for _, by in claim_devices(cluster, ns):
+        for driver, node, device in by.values():
+            used.setdefault(node, set()).add((driver, device))
+    pairs = 0
+    for node in nodes:
+        taken = used.get(node, set())
+        gpus: dict[str, int] = {}
+        nics: dict[str, int] = {}
+        for (driver, device), switch in switches.items():
+            if switch and (driver, device) not in taken:
+                side = gpus if driver == fixture_gpu.DRIVER else nics
+                side[switch] = side.get(switch, 0) + 1
+        pairs += sum(min(n, nics.get(sw, 0)) for sw, n in gpus.items())
+    return pairs
+
+
+def delete_some(cluster: DevCluster, ns: str, names: list[str], workers: int = 16) -> None:
+    """Force-delete ``names`` (not the whole namespace, as ``delete_all`` waits for) from 16 threads."""
+
+    def delete(name: str) -> None:
+        status, answer = cluster.api().request("DELETE", f"/api/v1/namespaces/{ns}/pods/{name}?gracePeriodSeconds=0")
+        assert status in (200, 202, 404), answer
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(delete, names))
 
 
 def wait_until(probe: Any, timeout: float, what: str) -> None:
@@ -99,38 +154,66 @@ def wait_until(probe: Any, timeout: float, what: str) -> None:
         time.sleep(0.5)
 
 
-def phase(cluster: DevCluster, name: str, sched: str, pid: int, pods: int, switches: dict[tuple[str, str], str],
-          timeout: float) -> dict[str, Any]:
-    create_namespace(cluster, name)
-    status, answer = cluster.api().request("POST", f"{RES}/namespaces/{name}/resourceclaimtemplates",
-                                           template(constrained=sched == "kube"))
-    assert status == 201, answer
-    follower = Follower(cluster, name, pods)
+def backlog(cluster: DevCluster, name: str, pid: int, bodies: list[dict[str, Any]], claims: int,
+            bound_total: int, timeout: float) -> tuple[dict[str, Any], list[str]]:
+    """Create ``bodies`` with the scheduler paused until ``claims`` claims exist, resume, time the binds."""
+    follower = Follower(cluster, name, bound_total)
     follower.start()
     follower.ready.wait(30)
-    bodies = [pod(f"p-{i:05d}", "railnet" if sched == "railnet" else None) for i in range(pods)]
     os.kill(pid, signal.SIGSTOP)
     try:
         t_create = time.monotonic()
         created = create(cluster, name, bodies)
-        wait_until(lambda: count_claims(cluster, name) >= pods, timeout, f"{name}: claims not made")
+        wait_until(lambda: count_claims(cluster, name) >= claims, timeout, f"{name}: claims not made")
         claims_s = time.monotonic() - t_create
     finally:
         t0 = time.monotonic()
         os.kill(pid, signal.SIGCONT)
     finished = follower.done.wait(timeout)
     follower.close()
-    bound = len(follower.bound_at)  # on a timeout: the rate over what was bound (reported as such)
-    last = max(follower.bound_at.values()) if finished else time.monotonic()
+    mine = {b["metadata"]["name"] for b in bodies}
+    stamps = [t for n, t in follower.bound_at.items() if n in mine]
+    bound = len(stamps)  # on a timeout: the rate over what was bound (reported as such)
+    last = max(stamps) if finished and stamps else time.monotonic()
+    return ({"all_bound_s": round(last - t0, 2), "bind_pods_per_s": round(bound / (last - t0), 1),
+             "bound": bound, "timed_out": not finished, "create_and_claims_s": round(claims_s, 1)}, list(created))
+
+
+def phase(cluster: DevCluster, name: str, sched: str, pid: int, pods: int, switches: dict[tuple[str, str], str],
+          timeout: float, churn: float = 0.0, seed: int = 1, nodes: list[str] | None = None) -> dict[str, Any]:
+    create_namespace(cluster, name)
+    status, answer = cluster.api().request("POST", f"{RES}/namespaces/{name}/resourceclaimtemplates",
+                                           template(constrained=sched == "kube"))
+    assert status == 201, answer
+    scheduler = "railnet" if sched == "railnet" else None
+    bodies = [pod(f"p-{i:05d}", scheduler) for i in range(pods)]
+    out, created = backlog(cluster, name, pid, bodies, pods, pods, timeout)
     share, counted = same_switch_share(cluster, name, switches)
-    out = {"all_bound_s": round(last - t0, 2), "bind_pods_per_s": round(bound / (last - t0), 1),
-           "bound": bound, "timed_out": not finished,
-           "same_switch_share": round(share, 4), "claims_counted": counted,
-           "create_and_claims_s": round(claims_s, 1)}
-    t_del = time.monotonic()
-    delete_all(cluster, name, list(created), timeout)
-    wait_until(lambda: count_claims(cluster, name) == 0, timeout, f"{name}: claims not deleted")
-    out["delete_s"] = round(time.monotonic() - t_del, 1)
+    out.update(same_switch_share=round(share, 4), claims_counted=counted)
+    alive = list(created)
+    try:
+        k = round(churn * pods)
+        if k and not out["timed_out"]:
+            victims = [bodies[i]["metadata"]["name"] for i in sorted(random.Random(seed).sample(range(pods), k))]
+            t_del = time.monotonic()
+            delete_some(cluster, name, victims)
+            wait_until(lambda: count_claims(cluster, name) == pods - k, timeout, f"{name}: churned claims not deleted")
+            alive = [n for n in alive if n not in set(victims)]
+            churn_delete_s = round(time.monotonic() - t_del, 1)
+            free = free_switch_pairs(cluster, name, nodes or [], switches)
+            refill = [pod(f"r-{i:05d}", scheduler) for i in range(k)]
+            res, again = backlog(cluster, name, pid, refill, pods, pods, timeout)
+            alive += again
+            share, counted = same_switch_share(cluster, name, switches, set(again))
+            res.update(pods=k, delete_s=churn_delete_s, free_same_switch_pairs_before=free,
+                       same_switch_possible_share=round(min(1.0, free / k), 4),
+                       same_switch_share=round(share, 4), claims_counted=counted)
+            out["churn"] = res
+    finally:
+        t_del = time.monotonic()
+        delete_all(cluster, name, alive, timeout)
+        wait_until(lambda: count_claims(cluster, name) == 0, timeout, f"{name}: claims not deleted")
+        out["delete_s"] = round(time.monotonic() - t_del, 1)
     return out
 
 
@@ -141,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--topology", choices=("shared-roots", "hgx-h100"), default="shared-roots")
     parser.add_argument("--order", default="kube,railnet")
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--churn", type=float, default=0.5,
+                        help="fraction of each phase's pods deleted and recreated after the fill (0 = off)")
+    parser.add_argument("--seed", type=int, default=1, help="seed for the churned pods (same indices for both)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     pods = args.pods or 4 * args.nodes
@@ -155,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     switches = switch_of(spec)
     options = Options(node_lease_seconds=200, kwok_parallelism=16, kwok_log_level="WARN")
     results: dict[str, Any] = {"nodes": args.nodes, "pods_per_phase": pods, "topology": args.topology,
+                               "churn": args.churn, "seed": args.seed,
                                "cpus": os.cpu_count(), "kubernetes": k8sbin.KUBERNETES_VERSION,
                                "load_at_start": os.getloadavg()[0]}
     with running_cluster(f"drabench-{os.getpid()}", nodes=NodeSet(count=0), options=options) as cluster:
@@ -178,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             for sched in args.order.split(","):
                 print(f"==> phase {sched}", flush=True)
                 load = os.getloadavg()[0]
-                results[sched] = phase(cluster, f"dra-{sched}", sched, pids[sched], pods, switches, args.timeout)
+                results[sched] = phase(cluster, f"dra-{sched}", sched, pids[sched], pods, switches, args.timeout,
+                                        churn=args.churn, seed=args.seed, nodes=names)
                 results[sched].update(load_at_start=round(load, 2), load_at_end=round(os.getloadavg()[0], 2))
                 print(f"    {results[sched]}", flush=True)
         finally:
@@ -192,8 +280,22 @@ def main(argv: list[str] | None = None) -> int:
         if "kube" in results and "railnet" in results:
             results["pods_per_s_ratio_railnet_over_kube"] = round(
                 results["railnet"]["bind_pods_per_s"] / results["kube"]["bind_pods_per_s"], 2)
+            if "churn" in results["kube"] and "churn" in results["railnet"]:
+                results["churn_pods_per_s_ratio_railnet_over_kube"] = round(
+                    results["railnet"]["churn"]["bind_pods_per_s"] / results["kube"]["churn"]["bind_pods_per_s"], 2)
         results["load_at_end"] = os.getloadavg()[0]
     print(json.dumps(results) if args.json else json.dumps(results, indent=2))
+    if not args.json:
+        for sched in ("kube", "railnet"):
+            r = results.get(sched)
+            if r:
+                c = r.get("churn") or {}
+                print(f"{sched}: fill {r['bind_pods_per_s']} pods/s, same switch {r['same_switch_share']:.1%}"
+                      + (f"; churn refill of {c['pods']}: {c['bind_pods_per_s']} pods/s, same switch "
+                         f"{c['same_switch_share']:.1%} (possible {c['same_switch_possible_share']:.1%})" if c else ""))
+        for key in ("pods_per_s_ratio_railnet_over_kube", "churn_pods_per_s_ratio_railnet_over_kube"):
+            if key in results:
+                print(f"{key}: {results[key]}")
     return 0
 
 
