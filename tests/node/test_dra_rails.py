@@ -81,7 +81,8 @@ class RailsOnNode:
         self.agent = AgentProcess(self.root, sysfs=self.sysfs)
         self.agent.args = ["--kubeconfig", str(rn.cluster.kubeconfig), "--node-name", rn.name, "--dra-driver",
                            "--kubelet-dir", str(rn.layout.kubelet_root), "--cdi-dir", str(rn.layout.cdi_dir),
-                           "--dev-root", str(self.dev), "--dra-resync", "5", "--reconcile-interval", "0"]
+                           "--dev-root", str(self.dev), "--dra-resync", "5", "--reconcile-interval", "0",
+                           "--publish-topology", "60"]  # railnet's scheduler maps devices by it
         lab.agents.append(self.agent)
         self.resource = client.ResourceV1Api(rn.api_client)
         self.gpus = FixtureGpuDriver(rn.api_client, rn.name, rn.layout.kubelet_root, rn.layout.cdi_dir,
@@ -443,3 +444,98 @@ def test_a_nic_whose_link_goes_down_is_tainted_and_no_new_claim_gets_it(rails: R
     h.running(core, ns, "waits", timeout=240)  # the link is back: the claim is allocated, the rail attached
     assert pod_link(rn, ns, "waits")["link_index"] == host_ifindex(rails.veths["0000:3b:00.0"])
     delete_pods(rails, ns, ("waits",))
+
+
+def test_railnet_scheduler_allocates_a_gpu_and_nic_claim_under_one_switch(rails: RailsOnNode, ns: str) -> None:
+    """The first test's pod with `schedulerName: railnet` and no matchAttribute constraint: railnet's
+    scheduler (a subprocess, leader election off) writes the claim's allocation and reservedFor and
+    binds the pod with its allocation annotation; the core puts the NIC under the GPU's switch; the
+    kubelet prepares both drivers' devices and the meta plugin attaches exactly that NIC."""
+    import os
+    import signal
+
+    from scheduler.live.objects import ALLOCATION_ANNOTATION
+
+    rn, core = rails.rn, rails.rn.core
+    dyn = dynamic.DynamicClient(rn.api_client)
+    kubeutil.apply(dyn, kubeutil.load(sorted((kubeutil.DEPLOY / "scheduler" / "crds").glob("*.yaml"))))
+    custom = client.CustomObjectsApi(rn.api_client)
+    kubeutil.wait_for(lambda: custom.get_cluster_custom_object("railnet.io", "v1alpha1", "nodetopologies", rn.name),
+                      60, "the agent's NodeTopology")
+    log = rails.tmp / "scheduler.log"
+    with log.open("wb") as out:
+        sched = subprocess.Popen([sys.executable, "-m", "railnet.cli", "scheduler", f"--kubeconfig={rn.cluster.kubeconfig}",
+                                  "--scheduler-name=railnet", "--no-leader-elect", f"--identity=test-{ns}"],
+                                 stdout=out, stderr=subprocess.STDOUT,
+                                 preexec_fn=lambda: os.setpgid(0, 0))
+    try:
+        rail_nad(rn, ns)
+        gpu = 5
+        claim_template(rails, ns, "gpu-nic", [gpu_request(gpu), nic_request()])  # no constraint: the core aligns
+        manifest = rail_pod("trainer", "gpu-nic")
+        manifest["spec"]["schedulerName"] = "railnet"
+        core.create_namespaced_pod(ns, manifest)
+        try:
+            pod = h.running(core, ns, "trainer", timeout=240)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nscheduler log:\n{log.read_text()[-3000:]}") from None
+        assert pod.spec.node_name == rn.name
+
+        # railnet's scheduler wrote the allocation and bound the pod (kube-scheduler ignores schedulerName railnet)
+        claim = rails.claim_of(ns, "trainer")
+        results = {r["request"]: r for r in claim["status"]["allocation"]["devices"]["results"]}
+        assert set(results) == {"gpu", "nic"}
+        assert (results["gpu"]["driver"], results["gpu"]["device"], results["gpu"]["pool"]) == (GPU, f"gpu-{gpu}",
+                                                                                               rn.name)
+        assert (results["nic"]["driver"], results["nic"]["pool"]) == (DRIVER, rn.name)
+        assert [r["uid"] for r in claim["status"]["reservedFor"]] == [pod.metadata.uid]
+        nic = next(n for n in rails.topology.nics if device_name(n.pci_address) == results["nic"]["device"])
+        annotation = json.loads(pod.metadata.annotations[ALLOCATION_ANNOTATION])
+        assert annotation["node"] == rn.name and annotation["topologyKnown"] is True, annotation
+        assert [g["pciAddress"] for g in annotation["gpus"]] == [rails.topology.gpus[gpu].pci_address], annotation
+        assert [n["pciAddress"] for n in annotation["nics"]] == [nic.pci_address], annotation
+        assert [r["tierName"] for r in annotation["rails"]] and annotation["rails"][0]["tier"] == 1, annotation
+        by_kube = [(e.reason, e.message) for e in core.list_namespaced_event(
+            ns, field_selector="involvedObject.name=trainer").items
+            if "default-scheduler" in (e.reporting_component or "", e.source.component if e.source else "")]
+        assert not by_kube, by_kube
+
+        # GPU and NIC under the same PCIe switch, as the two drivers' slices say
+        slices = [json.loads(rails.resource.read_resource_slice(s.metadata.name, _preload_content=False).data)
+                  for s in rails.resource.list_resource_slice().items]
+
+        def switch(driver: str, device: str) -> str:
+            obj = next(s for s in slices if s["spec"]["driver"] == driver and s["spec"]["nodeName"] == rn.name)
+            attrs = next(d for d in obj["spec"]["devices"] if d["name"] == device)["attributes"]
+            # the NIC driver's own attributes may be stored unqualified; the GPU driver's carry the domain
+            value = attrs.get(f"{DRIVER}/pcieSwitch") or (attrs.get("pcieSwitch") if driver == DRIVER else None)
+            assert value is not None, (driver, device, attrs)
+            return str(value["string"])
+
+        assert switch(GPU, f"gpu-{gpu}") == switch(DRIVER, results["nic"]["device"]) == \
+            rails.topology.gpus[gpu].pcie_switch
+
+        # the container sees exactly the claim's character devices, from both drivers
+        nic_index = rails.topology.nics.index(nic)
+        assert char_devices(rn, ns, "trainer") == {f"uverbs{nic_index}": (231, 192 + nic_index), "rdma_cm": (10, 58)}
+        seen = char_devices(rn, ns, "trainer", "/dev")
+        assert {k: v for k, v in seen.items() if k.startswith("nvidia")} == {
+            f"nvidia{gpu}": (NVIDIA_MAJOR, gpu), "nvidiactl": (NVIDIA_MAJOR, NVIDIACTL_MINOR)}
+
+        # net1 sits on exactly the allocated NIC
+        link = pod_link(rn, ns, "trainer")
+        assert link["linkinfo"]["info_kind"] == "macvlan"
+        assert link["link_index"] == host_ifindex(rails.veths[nic.pci_address]), (link, rails.veths)
+        (entry,) = network_data(rails.claim_of(ns, "trainer"))
+        assert (entry["device"], entry["networkData"]["interfaceName"]) == (results["nic"]["device"], "net1")
+        assert len(rails.prepared()) == 1
+
+        delete_pods(rails, ns, ("trainer",))
+        assert not list(rn.layout.cdi_dir.glob("*.json")), "both drivers unprepared"
+    finally:
+        os.killpg(sched.pid, signal.SIGTERM)
+        try:
+            sched.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(sched.pid, signal.SIGKILL)
+            sched.wait(timeout=10)
