@@ -64,7 +64,8 @@ def test_a_bad_rail_networks_annotation_is_a_condition_and_creates_nothing(jobs:
     # fixed: the condition goes and the job runs
     jobs.patch_job("TFJob", "bad", {"metadata": {"annotations": {rails.RAIL_NETWORKS: "rail"}}})
     pods = kubeutil.wait_for(lambda: p if len(p := jobs.pods("bad-")) == 2 else None, WAIT, "2 pods")
-    assert not jobs.condition("TFJob", "bad", "Failed")
+    # the pass writes the status after its creates: wait for it rather than race it
+    kubeutil.wait_for(lambda: not jobs.condition("TFJob", "bad", "Failed"), WAIT, "the InvalidSpec condition gone")
     assert all(rails.NETWORKS not in (p["metadata"].get("annotations") or {}) for p in pods.values())  # no gang
 
 
