@@ -56,22 +56,25 @@ class Events:
         self._sent: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
 
-    def pod(self, pod: PodState, reason: str, message: str, warning: bool = True) -> None:
+    def pod(self, pod: PodState, reason: str, message: str, warning: bool = True, once: bool = False) -> None:
+        """``once``: an event a pod gets a single time (Scheduled), so it is not kept for de-duplication."""
         involved = {"apiVersion": "v1", "kind": "Pod", "namespace": pod.namespace, "name": pod.name,
                     "uid": pod.uid}
-        self._post(pod.namespace, involved, reason, message, warning)
+        self._post(pod.namespace, involved, reason, message, warning, remember=not once)
 
     def on_object(self, namespace: str, api_version: str, kind: str, name: str, uid: str, reason: str,
                message: str, warning: bool = True) -> None:
         involved = {"apiVersion": api_version, "kind": kind, "namespace": namespace, "name": name, "uid": uid}
         self._post(namespace, involved, reason, message, warning)
 
-    def _post(self, namespace: str, involved: dict[str, str], reason: str, message: str, warning: bool) -> None:
+    def _post(self, namespace: str, involved: dict[str, str], reason: str, message: str, warning: bool,
+              remember: bool = True) -> None:
         dedupe = (f"{involved['kind']}/{namespace}/{involved['name']}/{involved['uid']}", reason)
         with self._lock:
             if self._sent.get(dedupe) == message:
                 return
-            self._sent[dedupe] = message
+            if remember:
+                self._sent[dedupe] = message
         now = _stamp()
         body = {
             "apiVersion": "v1", "kind": "Event",
@@ -161,6 +164,9 @@ class Binder:
             if age is not None:
                 self.metrics.observe("e2e", max(age, 0.0))
             log.debug("bound", extra={"pod": pod.key, "node": d.node})
+            # as kube-scheduler: `kubectl describe pod` shows who placed it, and where
+            self.events.pod(pod, "Scheduled", f"Successfully assigned {pod.namespace}/{pod.name} to {d.node}",
+                            warning=False, once=True)
             return
         message = answer.get("message") if isinstance(answer, dict) else str(answer)
         self.metrics.inc("bind_errors", code=str(status))

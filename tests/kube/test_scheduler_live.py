@@ -180,6 +180,9 @@ def test_binds_with_allocation_annotation_and_metrics(env: Env) -> None:
     assert pods["plain"]["spec"]["nodeName"] == plain_node and not devices(pods["plain"]).topology_known
     conds = {c["type"]: c["status"] for c in pods["two"]["status"].get("conditions", [])}
     assert conds.get("PodScheduled") == "True"
+    scheduled = env.wait_event("two", f"Successfully assigned {env.ns}/two to {topo_node}")  # as kube-scheduler's
+    assert scheduled["reason"] == "Scheduled" and scheduled["type"] == "Normal", scheduled
+    assert scheduled["source"]["component"] == "railnet-scheduler", scheduled
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert "railnet_scheduler_binds_total 2.0" in text
     assert "railnet_scheduler_scheduling_latency_seconds_count" in text
