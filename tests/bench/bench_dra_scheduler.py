@@ -1,7 +1,7 @@
 """DRA claims for 1 GPU + 1 RDMA NIC: railnet's scheduler vs kube-scheduler, same cluster, same run.
 
     .venv/bin/python tests/bench/bench_dra_scheduler.py [--nodes 1000] [--pods 4000] [--topology shared-roots|hgx-h100]
-        [--churn 0.5] [--seed 1] [--json]
+        [--churn 0.5] [--seed 1] [--gpu-only 0.25] [--json]
 
 kwok nodes with the hgx-h100 fixture (8 GPUs + 8 RoCE NICs), their NodeTopology, and fixture
 ResourceSlices (``railnet.dev.fixture_gpu``: GPUs of ``gpu.fixture.railnet.io``, NICs of
@@ -26,6 +26,11 @@ pods/s, the same-switch share of the new pods' claims, and how many same-switch 
 just before it (per node and switch, min(free GPUs, free NICs) from the claims' allocations), so
 ``same_switch_possible_share`` = min(1, free pairs / refill pods) is what "100 % whenever one is free"
 is judged against. The pods are force-deleted and their claims waited out before the next phase.
+
+Mixed pods (``--gpu-only FRACTION``): both drivers list GPU k and NIC k in the same order, so with only
+GPU + NIC pods a first fit keeps "GPU k taken exactly when NIC k is" and stays on one switch by luck. In a
+real cluster some pods take a GPU alone; a seeded fraction of the pods (the same indices in both turns)
+asks for a GPU only, and the same-switch share is counted over the GPU + NIC pods.
 """
 
 from __future__ import annotations
@@ -62,16 +67,20 @@ RES = "/apis/resource.k8s.io/v1"
 NIC = "rdma.railnet.io"
 
 
-def template(constrained: bool) -> dict[str, Any]:
-    requests = [{"name": "gpu", "exactly": {"deviceClassName": fixture_gpu.DRIVER}},
-                {"name": "nic", "exactly": {"deviceClassName": NIC}}]
-    constraints = [{"requests": ["gpu", "nic"], "matchAttribute": "resource.kubernetes.io/pcieRoot"}] if constrained else []
-    return {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaimTemplate", "metadata": {"name": "pair"},
+def template(constrained: bool, with_nic: bool = True) -> dict[str, Any]:
+    """`pair`: one GPU + one NIC (kube-scheduler gets matchAttribute on pcieRoot); `gpu`: a GPU only."""
+    requests = [{"name": "gpu", "exactly": {"deviceClassName": fixture_gpu.DRIVER}}]
+    if with_nic:
+        requests.append({"name": "nic", "exactly": {"deviceClassName": NIC}})
+    constraints = [{"requests": ["gpu", "nic"], "matchAttribute": "resource.kubernetes.io/pcieRoot"}] \
+        if constrained and with_nic else []
+    return {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaimTemplate",
+            "metadata": {"name": "pair" if with_nic else "gpu"},
             "spec": {"spec": {"devices": {"requests": requests, "constraints": constraints}}}}
 
 
-def pod(name: str, scheduler: str | None) -> dict[str, Any]:
-    spec: dict[str, Any] = {"resourceClaims": [{"name": "devs", "resourceClaimTemplateName": "pair"}],
+def pod(name: str, scheduler: str | None, tmpl: str = "pair") -> dict[str, Any]:
+    spec: dict[str, Any] = {"resourceClaims": [{"name": "devs", "resourceClaimTemplateName": tmpl}],
                             "containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10",
                                             "resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
                                                           "claims": [{"name": "devs"}]}}]}
@@ -180,13 +189,19 @@ def backlog(cluster: DevCluster, name: str, pid: int, bodies: list[dict[str, Any
 
 
 def phase(cluster: DevCluster, name: str, sched: str, pid: int, pods: int, switches: dict[tuple[str, str], str],
-          timeout: float, churn: float = 0.0, seed: int = 1, nodes: list[str] | None = None) -> dict[str, Any]:
+          timeout: float, churn: float = 0.0, seed: int = 1, nodes: list[str] | None = None,
+          gpu_only: float = 0.0) -> dict[str, Any]:
     create_namespace(cluster, name)
-    status, answer = cluster.api().request("POST", f"{RES}/namespaces/{name}/resourceclaimtemplates",
-                                           template(constrained=sched == "kube"))
-    assert status == 201, answer
+    for with_nic in (True, False):
+        status, answer = cluster.api().request("POST", f"{RES}/namespaces/{name}/resourceclaimtemplates",
+                                               template(constrained=sched == "kube", with_nic=with_nic))
+        assert status == 201, answer
     scheduler = "railnet" if sched == "railnet" else None
-    bodies = [pod(f"p-{i:05d}", scheduler) for i in range(pods)]
+    # the same pods ask for a GPU only in both schedulers' turns (a seeded choice per pod index): a GPU taken
+    # alone breaks the "GPU i with NIC i" order a first fit would otherwise keep
+    kinds = random.Random(seed + 1)
+    tmpl = ["gpu" if kinds.random() < gpu_only else "pair" for _ in range(pods)]
+    bodies = [pod(f"p-{i:05d}", scheduler, tmpl[i]) for i in range(pods)]
     out, created = backlog(cluster, name, pid, bodies, pods, pods, timeout)
     share, counted = same_switch_share(cluster, name, switches)
     out.update(same_switch_share=round(share, 4), claims_counted=counted)
@@ -201,7 +216,7 @@ def phase(cluster: DevCluster, name: str, sched: str, pid: int, pods: int, switc
             alive = [n for n in alive if n not in set(victims)]
             churn_delete_s = round(time.monotonic() - t_del, 1)
             free = free_switch_pairs(cluster, name, nodes or [], switches)
-            refill = [pod(f"r-{i:05d}", scheduler) for i in range(k)]
+            refill = [pod(f"r-{i:05d}", scheduler, "gpu" if kinds.random() < gpu_only else "pair") for i in range(k)]
             res, again = backlog(cluster, name, pid, refill, pods, pods, timeout)
             alive += again
             share, counted = same_switch_share(cluster, name, switches, set(again))
@@ -227,12 +242,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--churn", type=float, default=0.5,
                         help="fraction of each phase's pods deleted and recreated after the fill (0 = off)")
     parser.add_argument("--seed", type=int, default=1, help="seed for the churned pods (same indices for both)")
+    parser.add_argument("--gpu-only", type=float, default=0.0, metavar="FRACTION",
+                        help="fraction of the pods whose claim asks for a GPU only (the same pods in both turns); the "
+                             "same-switch share counts the GPU + NIC pods")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     pods = args.pods or 4 * args.nodes
 
     k8sbin.build()
-    print(f"==> DRA bench: {args.nodes} kwok nodes ({args.topology}), {pods} pods per phase (1 GPU + 1 NIC claim), "
+    print(f"==> DRA bench: {args.nodes} kwok nodes ({args.topology}), {pods} pods per phase (1 GPU + 1 NIC claim; "
+          f"{args.gpu_only:.0%} of them a GPU only), "
           f"kube-scheduler {k8sbin.KUBERNETES_VERSION} (matchAttribute pcieRoot) vs railnet scheduler, "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}", flush=True)
     spec = kwok_topology.fixture_spec("hgx-h100")
@@ -241,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     switches = switch_of(spec)
     options = Options(node_lease_seconds=200, kwok_parallelism=16, kwok_log_level="WARN")
     results: dict[str, Any] = {"nodes": args.nodes, "pods_per_phase": pods, "topology": args.topology,
-                               "churn": args.churn, "seed": args.seed,
+                               "churn": args.churn, "seed": args.seed, "gpu_only": args.gpu_only,
                                "cpus": os.cpu_count(), "kubernetes": k8sbin.KUBERNETES_VERSION,
                                "load_at_start": os.getloadavg()[0]}
     with running_cluster(f"drabench-{os.getpid()}", nodes=NodeSet(count=0), options=options) as cluster:
@@ -266,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"==> phase {sched}", flush=True)
                 load = os.getloadavg()[0]
                 results[sched] = phase(cluster, f"dra-{sched}", sched, pids[sched], pods, switches, args.timeout,
-                                        churn=args.churn, seed=args.seed, nodes=names)
+                                        churn=args.churn, seed=args.seed, nodes=names, gpu_only=args.gpu_only)
                 results[sched].update(load_at_start=round(load, 2), load_at_end=round(os.getloadavg()[0], 2))
                 print(f"    {results[sched]}", flush=True)
         finally:
