@@ -38,6 +38,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if k8sbin.missing():
             k8sbin.build(log=lambda msg: print(msg, flush=True))
         images.build_all(log=lambda msg: print(msg, flush=True))
+        if any("image" in getattr(i, "fixturenames", ()) for i in ours):
+            # railnet's own image (test_install, test_chart_controllers): its first build takes minutes,
+            # which must not count against the first test's timeout; the fixture then finds it cached
+            from railnet.dev import railnet_image
+
+            railnet_image.build(log=lambda msg: print(msg, flush=True))
     except (k8sbin.BuildError, images.ImageError) as exc:
         _build_error = str(exc)
 
