@@ -76,15 +76,16 @@ def _set_env(container: JSON, env: list[JSON]) -> None:
     container["env"] = [e for e in container.get("env", []) if e["name"] not in names] + env
 
 
-def _template(container: str, program: str, port_name: str, port: int, selector: dict[str, str],
-              limits: dict[str, str]) -> JSON:
+def program_template(container: str, program: str, port_name: str, port: int, selector: dict[str, str],
+                     limits: dict[str, str] | None = None, rounds: int = ROUNDS, pause: float = PAUSE) -> JSON:
+    """A replica template running one of tests/node/programs/ (mounted from the ConfigMap `programs`)."""
     spec: JSON = {
         "nodeSelector": selector,
         "terminationGracePeriodSeconds": 1,
         "containers": [{
             "name": container, "image": images.TESTBOX_IMAGE, "imagePullPolicy": "Never",
             "command": ["python3", f"/programs/{program}"],
-            "env": [{"name": "ROUNDS", "value": str(ROUNDS)}, {"name": "ROUND_PAUSE", "value": str(PAUSE)}],
+            "env": [{"name": "ROUNDS", "value": str(rounds)}, {"name": "ROUND_PAUSE", "value": str(pause)}],
             "ports": [{"name": port_name, "containerPort": port}],
             "volumeMounts": [{"name": "programs", "mountPath": "/programs", "readOnly": True}],
         }],
@@ -102,7 +103,7 @@ def tfjob(port_range: str) -> JSON:
     def replica(n: int, gpus: int) -> JSON:
         limits = {"nvidia.com/gpu": str(gpus)} if gpus else {}
         return {"replicas": n, "restartPolicy": "ExitCode",
-                "template": _template("tensorflow", "tf_param_exchange.py", "tfjob-port", 2222, real, limits)}
+                "template": program_template("tensorflow", "tf_param_exchange.py", "tfjob-port", 2222, real, limits)}
 
     return {"apiVersion": f"{api.KUBEDL}/v1alpha1", "kind": "TFJob",
             "metadata": {"name": "tf", "annotations": {api.NETWORK_MODE: "host", api.PORT_RANGE_ANNOTATION: port_range}},
@@ -115,7 +116,7 @@ def pytorchjob(name: str, workers: int, gpus: int, nics: int, selector: dict[str
     limits = {"nvidia.com/gpu": str(gpus), "rdma/roce": str(nics)}
 
     def replica(n: int) -> JSON:
-        tmpl = _template("pytorch", "torch_rendezvous.py", "pytorchjob-port", 23456, selector, limits)
+        tmpl = program_template("pytorch", "torch_rendezvous.py", "pytorchjob-port", 23456, selector, limits)
         tmpl["spec"]["containers"][0]["env"][0]["value"] = str(rounds)
         return {"replicas": n, "restartPolicy": "OnFailure", "template": tmpl}
 

@@ -39,7 +39,8 @@ from jobs import api, builder
 from jobs.ports import parse_ports
 from netmanager.host_listeners import ANNOTATION as HOST_LISTENERS
 from netmanager.host_listeners import ListenerPublisher, listening_ports
-from railnet.dev import images, node
+from railnet.dev import node
+from railnet.dev.cluster_demo_jobs import program_template
 from scheduler.live.kubeapi import KubeApi, endpoint_from_config
 from tests.kube.kubeutil import wait_for
 from tests.node import helpers as h
@@ -357,18 +358,7 @@ def _range(base: int, size: int, free: int) -> tuple[str, list[int], list[int]]:
 
 
 def _template(container: str, program: str, port_name: str, port: int, selector: dict[str, str]) -> JSON:
-    return {"spec": {
-        "nodeSelector": selector,
-        "terminationGracePeriodSeconds": 1,
-        "containers": [{
-            "name": container, "image": images.TESTBOX_IMAGE, "imagePullPolicy": "Never",
-            "command": ["python3", f"/programs/{program}"],
-            "env": [{"name": "ROUNDS", "value": str(ROUNDS)}, {"name": "ROUND_PAUSE", "value": str(PAUSE)}],
-            "ports": [{"name": port_name, "containerPort": port}],
-            "volumeMounts": [{"name": "programs", "mountPath": "/programs", "readOnly": True}],
-        }],
-        "volumes": [{"name": "programs", "configMap": {"name": "programs"}}],
-    }}
+    return program_template(container, program, port_name, port, selector, rounds=ROUNDS, pause=PAUSE)
 
 
 def _ordering(rec: Recorder, name: str, new_uid: str, new_port: int) -> tuple[int, int]:
