@@ -14,7 +14,7 @@ import yaml
 
 from jobs import api
 from railnet.dev.devcluster import DevCluster
-from tests.kube import kubeutil
+from tests.kube import chart_kube, kubeutil
 from tests.kube.test_jobs_support import WAIT, Jobs, job_crds, jobs, replica, tfjob
 
 __all__ = ["job_crds", "jobs"]  # fixtures
@@ -47,13 +47,7 @@ def sa_kubeconfig(cluster: DevCluster, dyn: Any, tmp_path: Path) -> Iterator[Pat
 
 def allowed(cluster: DevCluster, verb: str, resource: str, group: str = "", namespace: str = "",
             subresource: str = "", name: str = "") -> bool:
-    attrs = {"verb": verb, "resource": resource, "group": group, "namespace": namespace,
-             "subresource": subresource, "name": name}
-    body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
-            "spec": {"user": USER, "groups": GROUPS, "resourceAttributes": {k: v for k, v in attrs.items() if v}}}
-    status, answer = cluster.api().request("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", body)
-    assert status == 201, answer
-    return bool(answer["status"].get("allowed"))
+    return chart_kube.allowed(cluster, (USER, GROUPS), verb, resource, group, namespace, subresource, name)
 
 
 def test_controller_may_do_what_it_uses_and_nothing_else(cluster: DevCluster, sa_kubeconfig: Path) -> None:

@@ -14,7 +14,7 @@ from netmanager import topology_publisher
 from netmanager.topology.discover import discover
 from railnet.dev.devcluster import DevCluster
 from railnet.dev.fixtures import build_fixture, nvidia_smi_topo
-from tests.kube import kubeutil
+from tests.kube import chart_kube, kubeutil
 
 SA = "system:serviceaccount:kube-system:railnet-scheduler"
 GROUPS = ["system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated"]
@@ -22,13 +22,7 @@ GROUPS = ["system:serviceaccounts", "system:serviceaccounts:kube-system", "syste
 
 def allowed(cluster: DevCluster, verb: str, resource: str, group: str = "", namespace: str = "",
             subresource: str = "", name: str = "") -> bool:
-    attrs = {"verb": verb, "resource": resource, "group": group, "namespace": namespace,
-             "subresource": subresource, "name": name}
-    body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
-            "spec": {"user": SA, "groups": GROUPS, "resourceAttributes": {k: v for k, v in attrs.items() if v}}}
-    status, answer = cluster.api().request("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", body)
-    assert status == 201, answer
-    return bool(answer["status"].get("allowed"))
+    return chart_kube.allowed(cluster, (SA, GROUPS), verb, resource, group, namespace, subresource, name)
 
 
 @pytest.fixture
